@@ -1,0 +1,37 @@
+"""Exception types of ours, with messages a PACS admin can act on.
+
+Every error raised on bad input derives from TotalFMError, so callers (the worker, the DICOM node, the CLI) can catch
+one type, log it with its reason and carry on with the next study instead of crashing.
+"""
+
+
+class TotalFMError(Exception):
+    """Base class: something about the input or the configuration is wrong; the message says what and how to fix."""
+
+
+class DicomInputError(TotalFMError):
+    """A DICOM file or series cannot become a trustworthy CT volume (unreadable, not CT, broken geometry, ...)."""
+
+
+class NotCTError(DicomInputError):
+    """The series is not an axial CT image series (MR, localizer/scout, secondary capture, SR, ...)."""
+
+
+class SeriesGeometryError(DicomInputError):
+    """Slices do not form a regular volume: missing or duplicated slices, gantry tilt, mixed orientations, ..."""
+
+
+class NoUsableSeriesError(DicomInputError):
+    """A study contains no series that the appliance can analyse; the message lists each series and why."""
+
+
+class VolumeFormatError(TotalFMError):
+    """A NIfTI (or other volume) file is unreadable or has an unusable affine."""
+
+
+class CropError(TotalFMError):
+    """An organ crop cannot be made (label map and volume disagree in geometry, ...)."""
+
+
+class OntologyError(TotalFMError):
+    """An organ or finding name is unknown, or two components disagree about the ontology version."""
