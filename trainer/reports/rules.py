@@ -40,15 +40,17 @@ CONTEXT_PATTERNS: dict[str, str] = {
     "colon": r"\b(?:hepatic|splenic) flexure\b|\bcolon\w*|\blarge (?:bowel|intestines?)\b|\bsigmoid\b|\bcec(?:um|al)\b"
              r"|\brect(?:um|al)\b|\bdiverticul\w*|\brectosigmoid\b",
     "gallbladder": r"\bgall[- ]?bladders?\b|\bcholecyst\w*|\bcholelith\w*|\bgallstones?\b|\bpericholecystic\b",
-    "liver": r"\blivers?\b|\bhepat\w*|\b\w+hepatic\b|\bcaudate\b|\bhepatocellular\b",
+    "liver": r"\blivers?\b|\bhepat\w*|\b\w+hepatic\b|\bcaudate\b|\bhepatocellular\b"
+             r"|\b(?:couinaud )?segments? (?:[1-8]|i{1,3}|iv[ab]?|vi{0,3})\b",  # Couinaud segments
     "spleen": r"\bspleens?\b|\bsplen\w*",
     "pancreas": r"\bpancrea\w*",
     "adrenal_glands": r"\badrenals?\b|\bsuprarenal\b|\badrenal glands?\b",
     "kidneys": r"\bkidneys?\b|\brenal\b|\bnephr\w*|\bperinephric\b|\bperirenal\b|\bhydronephros\w*"
+               r"|\bureter\w*|\bpuj\b|\bvuj\b|\buvj\b|\bpelviureteric\b"  # ureters: the kidneys' crop has them
                r"|\bhydroureteronephros\w*|\bpelvi?cal[iy]\w*|\bcaliectasis\b|\bbosniak\b",
     "stomach": r"\bstomach\b|\bgastr\w*",
     "esophagus": r"\bo?esophag\w*",
-    "small_bowel": r"\bsmall (?:bowel|intestines?)\b|\bduoden\w*|\bjejun\w*|\bile(?:um|al)\b|\bsbo\b",
+    "small_bowel": r"\bsmall (?:and large )?(?:bowel|intestines?)\b|\bduoden\w*|\bjejun\w*|\bile(?:um|al)\b|\bsbo\b",
     "urinary_bladder": r"\b(?:urinary )?bladder\b",
     "prostate": r"\bprostat\w*|\bbph\b",
     "aorta": r"\baort\w*|\bpara-?aortic\b",
@@ -157,12 +159,13 @@ CUES: tuple[Cue, ...] = (
          "lungs": None, "kidneys": None, "pancreas": None, "liver": None, "spleen": None, "prostate": None},
         default="atherosclerosis", default_without_organ=True),
     Cue(r"effusions?", {"lungs": "pleural_effusion", "heart": None}, default="pleural_effusion"),
-    Cue(r"fluid", {"lungs": "pleural_effusion", "liver": "ascites", "spleen": "ascites", "heart": None, "@bowel": None, "small_bowel": None, "colon": None,
-                   "@collecting": None, "gallbladder": None}, default="ascites"),
+    Cue(r"fluid", {"lungs": "pleural_effusion", "liver": "ascites", "spleen": "ascites", "heart": None},
+        default="ascites", default_without_organ=True),
     Cue(r"hernia\w*", {"stomach": "hiatal_hernia", "esophagus": "hiatal_hernia"}),
     Cue(r"obstruct\w*", {"@bowel": "bowel_obstruction", "small_bowel": "bowel_obstruction",
                          "colon": "bowel_obstruction"}),
-    Cue(r"collaps\w*", {"lungs": "atelectasis", "spine": "fracture"}, default="atelectasis"),
+    Cue(r"collaps\w*", {"lungs": "atelectasis", "spine": "fracture"}, default="atelectasis",
+        default_without_organ=True),
     Cue(r"height loss|loss of (?:vertebral )?(?:body )?height|wedg\w*", {"spine": "fracture"}),
 )
 
