@@ -10,18 +10,20 @@ from trainer.reports.cli import main
 from trainer.reports.evaluate import evaluate, load_gold, rule_labeller, split_scores
 
 GOLD = Path(__file__).parent / "data" / "report_gold.json"
+# written after the rule engine, scored once before any fix (see the report of this work), then used for fixes
+GOLD_2 = Path(__file__).parent / "data" / "report_gold_holdout.json"
 
 
-@pytest.fixture(scope="module")
-def gold():
-    return load_gold(GOLD)
+@pytest.fixture(scope="module", params=[GOLD, GOLD_2], ids=["gold", "gold2"])
+def gold(request):
+    return load_gold(request.param)
 
 
 def test_gold_set_is_valid_against_the_ontology(gold):
     from trainer.reports.labels import FINDING_NAMES, PHASES, POLARITIES, SECTIONS
     from appliance.ontology import ORGAN_NAMES
 
-    assert len(gold) >= 10 and sum(len(r["sentences"]) for r in gold) >= 100
+    assert len(gold) >= 6 and sum(len(r["sentences"]) for r in gold) >= 60
     for r in gold:
         for s in r["sentences"]:
             assert s["organ"] in (*ORGAN_NAMES, None) and s["polarity"] in POLARITIES
@@ -54,7 +56,8 @@ def test_wrong_labels_lower_accuracy(gold):
         return [SentenceLabel("liver", "positive", None, None) for _ in sentences]
 
     res = evaluate(gold, {"rules": rule_labeller, "bad": always_liver})["_results"]
-    assert res[1].accuracy("organ") < 0.5 and res[1].accuracy("polarity") < 0.6
+    for f in ("organ", "polarity", "finding"):
+        assert res[1].accuracy(f) < res[0].accuracy(f) - 0.2
     assert sum(res[1].extra["disagreements_with_rules"].values()) > 0
 
 
@@ -84,10 +87,10 @@ def test_parse_cli(tmp_path, capsys, monkeypatch):
 
 
 @pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python not installed")
-def test_llm_engine_evaluates_in_both_modes(gold):
+def test_llm_engine_evaluates_in_both_modes():
     from trainer.reports.parse import make_llm_labeller
 
-    small = [r for r in gold if len(r["sentences"]) <= 4]
+    small = [r for r in load_gold(GOLD) if len(r["sentences"]) <= 4]
     labellers = {"rules": rule_labeller}
     for mode in ("sentence", "report"):
         lab = make_llm_labeller(mode=mode, n_ctx=2048)

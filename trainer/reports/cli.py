@@ -16,7 +16,8 @@ from appliance.errors import TotalFMError
 from trainer.reports.evaluate import evaluate, format_table, load_gold, rule_labeller, synth_heldout_reports
 from trainer.reports.parse import ENGINES, make_llm_labeller, parse_report
 
-DEFAULT_GOLD = Path(__file__).resolve().parents[2] / "tests" / "trainer" / "data" / "report_gold.json"
+_DATA = Path(__file__).resolve().parents[2] / "tests" / "trainer" / "data"
+DEFAULT_GOLD = (_DATA / "report_gold.json", _DATA / "report_gold_holdout.json")
 
 
 def parse_report_main(argv: list[str]) -> int:
@@ -63,7 +64,7 @@ def eval_reports_main(argv: list[str]) -> int:
                                 description="Score the report parsers (split F1, organ/polarity/finding/phase "
                                             "accuracy) on gold reports.")
     p.add_argument("--gold", type=Path, action="append",
-                   help=f"gold report JSON file(s) (default: {DEFAULT_GOLD.name} unless --synth is given)")
+                   help="gold report JSON file(s) (default: our hand-written sets unless --synth is given)")
     p.add_argument("--synth", type=int, default=0, help="also score N reports of the synthetic held-out phrasing")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--llm", action="store_true", help="also score the LLM engine (both modes unless --llm-mode)")
@@ -73,7 +74,7 @@ def eval_reports_main(argv: list[str]) -> int:
     a = p.parse_args(argv)
 
     sets: list[tuple[str, list[dict]]] = []
-    for g in a.gold or ([] if a.synth else [DEFAULT_GOLD]):
+    for g in a.gold or ([] if a.synth else list(DEFAULT_GOLD)):
         sets.append((f"gold {g.name}", load_gold(g)))
     if a.synth:
         try:
