@@ -216,15 +216,21 @@ class LocalLLM:
         grammar = self._grammar(schema)
         t0 = time.perf_counter()
         with self._lock:
-            if isinstance(messages_or_prompt, str):
-                out = self._llama.create_completion(
-                    messages_or_prompt, grammar=grammar, max_tokens=max_tokens, temperature=temperature)
-                text = out["choices"][0]["text"]
-            else:
-                out = self._llama.create_chat_completion(
-                    messages=list(messages_or_prompt), grammar=grammar, max_tokens=max_tokens,
-                    temperature=temperature)
-                text = out["choices"][0]["message"]["content"] or ""
+            try:
+                if isinstance(messages_or_prompt, str):
+                    out = self._llama.create_completion(
+                        messages_or_prompt, grammar=grammar, max_tokens=max_tokens, temperature=temperature)
+                    text = out["choices"][0]["text"]
+                else:
+                    out = self._llama.create_chat_completion(
+                        messages=list(messages_or_prompt), grammar=grammar, max_tokens=max_tokens,
+                        temperature=temperature)
+                    text = out["choices"][0]["message"]["content"] or ""
+            except ValueError as exc:  # llama-cpp-python: "Requested tokens (...) exceed context window of ..."
+                raise LLMOutputError(
+                    f"the request does not fit the LLM's context ({exc}); load the model with a larger n_ctx "
+                    f"or send shorter input"
+                ) from None
         seconds = time.perf_counter() - t0
         usage = out.get("usage") or {}
         stats = GenerationStats(int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0)), seconds)

@@ -124,3 +124,10 @@ def test_values_the_grammar_cannot_bound_are_still_validated(llm):
         assert "maximum" in str(exc)
     else:
         assert out["size_mm"] <= 100
+
+
+def test_input_longer_than_the_context_is_an_error_not_a_crash():
+    pytest.importorskip("llama_cpp")
+    small = load_llm(n_ctx=128)
+    with pytest.raises(LLMOutputError, match="context"):
+        small.generate_json([{"role": "user", "content": "the liver is normal " * 100}], SCHEMA, max_tokens=32)

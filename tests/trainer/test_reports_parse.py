@@ -91,3 +91,15 @@ def test_llm_engine_is_cross_checked_against_rules(monkeypatch):
         assert set(s.disagreements) <= {"organ", "polarity", "finding", "phase"}
     expected = {f: sum(f in s.disagreements for s in rep.sentences) for f in ("organ", "polarity", "finding", "phase")}
     assert rep.disagreement_counts == expected
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llama_cpp") is None, reason="llama-cpp-python not installed")
+def test_unusable_llm_output_falls_back_to_rules_with_a_note():
+    from appliance.llm import load_llm
+    from trainer.reports.llm_engine import LLMSentenceLabeller
+
+    tiny_context = LLMSentenceLabeller(load_llm(n_ctx=64), mode="report")  # the few-shot prompt cannot fit
+    rep = parse_report(REPORT, labeller=tiny_context)
+    assert rep.processable and any("LLM output unusable" in n for n in rep.notes)
+    assert [s.label for s in rep.sentences] == [s.cross_check for s in rep.sentences]
+    assert rep.disagreement_counts == {"organ": 0, "polarity": 0, "finding": 0, "phase": 0}

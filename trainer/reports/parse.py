@@ -12,7 +12,7 @@ import logging
 import os
 from collections import Counter
 
-from appliance.llm import ENV_GGUF, load_llm
+from appliance.llm import ENV_GGUF, LLMOutputError, load_llm
 from trainer.reports import rules
 from trainer.reports.labels import NON_FINDING_SECTIONS, ParsedReport, ParsedSentence
 from trainer.reports.language import looks_english
@@ -59,7 +59,12 @@ def parse_report(text: str | None, *, engine: str = "auto", labeller: LLMSentenc
     use_llm = engine == "llm" or (engine == "auto" and (labeller is not None or gguf is not None or llm_configured()))
     if use_llm:
         labeller = labeller or make_llm_labeller(gguf)
-        llm_labels = labeller.label_sentences(sentences)
+        try:
+            llm_labels = labeller.label_sentences(sentences)
+        except LLMOutputError as exc:
+            # one unusable generation must not lose the report: keep the rule labels and say why
+            notes.append(f"LLM output unusable ({exc}); rule-engine labels used")
+            llm_labels = rule_labels
         parsed = [ParsedSentence(s, lab, labeller.name, cross_check=rl)
                   for s, lab, rl in zip(sentences, llm_labels, rule_labels)]
         counts = Counter(field for p in parsed for field in p.disagreements)
