@@ -63,9 +63,9 @@ CONTEXT_PATTERNS: dict[str, str] = {
     "@collecting": r"\bcollecting systems?\b|\brenal pelv(?:is|es)\b|\bpelvi?cal[iy]\w*|\bcalyc\w*|\bcalic\w*",
     "@lymph": r"\blymph\b|\blymph nodes?\b|\bnodes\b|\bnodal\b",
     "@bowel": r"\bbowel\b|\bbowel loops?\b|\bloops\b|\bintestin\w*",
-    "@coronary": r"\bcoronar\w*",
 }
-# overlapping compiled patterns; longer matches win, so "gall bladder" is not a urinary bladder
+# Patterns may overlap; the longer match wins (find_context), so "gall bladder" is not a urinary bladder, and on a
+# tie the earlier key wins ("pelvicalyceal" is kidneys, not @collecting).
 _CONTEXT_RES = [(k, re.compile(v)) for k, v in CONTEXT_PATTERNS.items()]
 
 
@@ -155,7 +155,7 @@ CUES: tuple[Cue, ...] = (
         {"urinary_bladder": "bladder_wall_thickening", "small_bowel": "bowel_wall_thickening",
          "colon": "bowel_wall_thickening", "@bowel": "bowel_wall_thickening", "stomach": None, "esophagus": None}),
     Cue(r"calcif\w*|plaques?|atherosc\w*|atheromat\w*",
-        {"@coronary": "coronary_calcification", "heart": "coronary_calcification", "aorta": "atherosclerosis",
+        {"heart": "coronary_calcification", "aorta": "atherosclerosis",
          "lungs": None, "kidneys": None, "pancreas": None, "liver": None, "spleen": None, "prostate": None},
         default="atherosclerosis", default_without_organ=True),
     Cue(r"effusions?", {"lungs": "pleural_effusion", "heart": None}, default="pleural_effusion"),
