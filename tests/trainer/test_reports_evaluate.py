@@ -100,3 +100,18 @@ def test_llm_engine_evaluates_in_both_modes():
         assert res.n_sentences == sum(len(r["sentences"]) for r in small)
         assert 0.0 <= res.accuracy("organ") <= 1.0
         assert set(res.extra["disagreements_with_rules"]) == {"organ", "polarity", "finding", "phase"}
+
+
+def test_written_report_converts_to_gold():
+    from types import SimpleNamespace
+
+    from trainer.reports.evaluate import gold_from_written_report
+
+    rep = SimpleNamespace(text="FINDINGS: No ascites.", sentences=[
+        {"text": "No ascites.", "section": "findings", "organ": "liver", "polarity": "negated", "finding": "ascites",
+         "phase": None, "extra": 1}])
+    g = gold_from_written_report(rep)
+    assert g["sentences"] == [{"text": "No ascites.", "section": "findings", "organ": "liver", "polarity": "negated",
+                               "finding": "ascites", "phase": None}]
+    res = evaluate([g], {"rules": rule_labeller})["_results"][0]
+    assert res.accuracy("organ") == 1.0 and res.accuracy("polarity") == 1.0

@@ -31,11 +31,37 @@ def load_gold(path: str | Path) -> list[dict]:
     return data
 
 
-def synth_heldout_reports(n: int, seed: int = 0) -> list[dict]:
-    """n reports from the synthetic writer's held-out phrasing (trainer.synth), as gold dicts."""
-    from trainer.synth.reports import heldout_gold_reports  # noqa: PLC0415 - optional, another engineer's package
+def gold_from_written_report(report) -> dict:
+    """A trainer.synth report (``.text``, ``.sentences`` as dicts with our six keys) as a gold dict."""
+    sents = [{k: s.get(k) for k in ("text", "section", "organ", "polarity", "finding", "phase")}
+             for s in report.sentences]
+    return {"text": report.text, "sentences": sents}
 
-    return heldout_gold_reports(n, seed=seed)
+
+def synth_heldout_reports(n: int, seed: int = 0) -> list[dict]:
+    """n reports in the synthetic writer's held-out phrasing, as gold dicts.
+
+    Uses trainer.synth.report.write_report(truth, rng, phrasing="heldout") and a truth sampler of that package
+    (sample_truth(rng) in trainer.synth.report or trainer.synth.truth). ImportError when they are not there.
+    """
+    import importlib
+
+    import numpy as np
+
+    from trainer.synth.report import write_report  # noqa: PLC0415 - another engineer's package, optional here
+
+    sampler = None
+    for mod in ("trainer.synth.report", "trainer.synth.truth"):
+        try:
+            sampler = getattr(importlib.import_module(mod), "sample_truth", None)
+        except ImportError:
+            continue
+        if sampler is not None:
+            break
+    if sampler is None:
+        raise ImportError("no sample_truth(rng) in trainer.synth.report or trainer.synth.truth")
+    rng = np.random.default_rng(seed)
+    return [gold_from_written_report(write_report(sampler(rng), rng, phrasing="heldout")) for _ in range(n)]
 
 
 def split_scores(reports: Iterable[dict]) -> dict:
