@@ -64,13 +64,9 @@ def write_nifti(vol: Volume, path: str | Path) -> Path:
     img.header.set_xyzt_units("mm", "sec")
     img.set_qform(img.affine, code=1)
     img.set_sform(img.affine, code=1)
-    tmp = path.with_name(path.name + ".part")
+    # nibabel picks the format (and compression) from the suffix, so the temp file keeps it: x.part.nii(.gz)
+    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
+    tmp = path.with_name(path.name[: len(path.name) - len(suffix)] + ".part" + suffix)
     nib.save(img, str(tmp))
-    # nibabel picks compression from the suffix; keep it by saving under a matching temp suffix
-    if path.suffix == ".gz" and not tmp.name.endswith(".gz"):
-        tmp2 = path.with_name(path.name.replace(".nii.gz", ".part.nii.gz"))
-        nib.save(img, str(tmp2))
-        tmp.unlink(missing_ok=True)
-        tmp = tmp2
     tmp.replace(path)
     return path
