@@ -1,0 +1,44 @@
+"""Which findings a synthetic study gets: a configurable share of normal studies, otherwise 1-4 findings drawn by
+prevalence with the co-occurrences a radiologist expects (ascites with organomegaly, coronary with aortic calcium
+rising with age, effusion with atelectasis, metastases with nodes, ...)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from appliance.ontology import CATEGORY_FINDINGS
+
+# relative prevalence among abnormal studies (rough order of magnitude in an adult CT population)
+PREVALENCE = {f.name: 1.0 for f in CATEGORY_FINDINGS}
+PREVALENCE.update({"hepatic_steatosis": 3, "renal_cyst": 3, "atherosclerosis": 3, "coronary_calcification": 2.5,
+                   "liver_lesion": 2.5, "lung_nodule": 2.5, "gallstones": 2, "osteopenia": 2, "kidney_stone": 1.5,
+                   "pleural_effusion": 1.5, "atelectasis": 1.5, "free_air": 0.4, "aortic_aneurysm": 0.6,
+                   "bowel_obstruction": 0.6})
+# (if this is present, add that) with probability p
+CO_OCCUR = [("splenomegaly", "ascites", 0.45), ("hepatomegaly", "ascites", 0.35), ("hepatomegaly",
+            "hepatic_steatosis", 0.4), ("pleural_effusion", "atelectasis", 0.6), ("metastatic_disease",
+            "lymphadenopathy", 0.4), ("bowel_obstruction", "bowel_wall_thickening", 0.3), ("atherosclerosis",
+            "coronary_calcification", 0.5), ("aortic_aneurysm", "atherosclerosis", 0.7), ("cardiomegaly",
+            "pleural_effusion", 0.3), ("osteopenia", "fracture", 0.25)]
+
+
+def sample_findings(rng: np.random.Generator, *, age: int, sex: str, normal_fraction: float = 0.3) -> list[str]:
+    if rng.random() < normal_fraction:
+        return []
+    names = list(PREVALENCE)
+    w = np.array([PREVALENCE[n] for n in names], dtype=np.float64)
+    old = np.clip((age - 40) / 40.0, 0, 1)  # age raises calcification, osteopenia, prostate size
+    for n, gain in (("atherosclerosis", 3), ("coronary_calcification", 3), ("osteopenia", 2),
+                    ("prostatomegaly", 2), ("aortic_aneurysm", 1)):
+        w[names.index(n)] *= 1 + gain * old
+    if sex != "male":
+        w[names.index("prostatomegaly")] = 0
+    k = int(rng.choice([1, 2, 3, 4], p=[0.4, 0.3, 0.2, 0.1]))
+    chosen = list(rng.choice(names, size=k, replace=False, p=w / w.sum()))
+    for a, b, p in CO_OCCUR:
+        if a in chosen and b not in chosen and rng.random() < p:
+            chosen.append(b)
+    order = {n: i for i, n in enumerate(names)}
+    # enlargements first so later lesions land in the enlarged organ and stay inside their recorded boxes
+    first = ("hepatomegaly", "splenomegaly", "cardiomegaly", "prostatomegaly", "pancreatic_atrophy", "aortic_aneurysm")
+    return sorted(chosen, key=lambda n: (n not in first, order[n]))
