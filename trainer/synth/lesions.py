@@ -408,9 +408,11 @@ def bowel_obstruction(ph, rng):
 def _wall_depth_ok(ph: Phantom, bb) -> np.ndarray:
     """True where a voxel lies deeper than the body wall (so fluid and gas stay inside the peritoneum)."""
     wall = float(ph.meta.get("wall_mm", 30.0))
-    body = ph.hu > -500
     st = [max(1, int(round(3.0 / s))) for s in ph.grid.spacing]
-    d = ndimage.distance_transform_edt(body[::st[0], ::st[1], ::st[2]],
+    body = ph.hu[::st[0], ::st[1], ::st[2]] > -500
+    for k in range(body.shape[0]):  # lungs and bowel gas are inside the body: fill holes slice by slice
+        body[k] = ndimage.binary_fill_holes(body[k])
+    d = ndimage.distance_transform_edt(body,
                                        sampling=[s * k for s, k in zip(ph.grid.spacing, st)])
     d_full = d[np.ix_(np.arange(bb[0].start, bb[0].stop) // st[0], np.arange(bb[1].start, bb[1].stop) // st[1],
                       np.arange(bb[2].start, bb[2].stop) // st[2])]
@@ -420,23 +422,22 @@ def _wall_depth_ok(ph: Phantom, bb) -> np.ndarray:
 @register("free_air")
 def free_air(ph, rng):
     ids = _need(ph, "liver", min_ml=50)
-    bb0 = ph.bbox(ids)
-    c = _centroid(ph, ids)
-    ant = np.argwhere(ph.mask(ids, bb0)[int(c[0]) - bb0[0].start])
-    if len(ant) == 0:
-        raise Skip("liver not found at its centroid level")
-    j = ant[:, 0].min() + bb0[1].start
-    i = int(np.median(ant[ant[:, 0] == ant[:, 0].min(), 1])) + bb0[2].start
-    centre = np.array([c[0], j - 4 / ph.grid.spacing[1], i])
-    semi = (float(rng.uniform(25, 60)), float(rng.uniform(4, 9)), float(rng.uniform(15, 40)))  # x, y, z
+    lbb = ph.bbox(ids)
+    bb = (lbb[0], slice(0, ph.grid.shape[1]), slice(0, ph.grid.shape[2]))
+    fat = (ph.labels[bb] == 0) & (ph.hu[bb] < -30) & (ph.hu[bb] > -300) & _wall_depth_ok(ph, bb)
+    cand = np.argwhere(fat)
+    if len(cand) == 0:
+        raise Skip("no intraperitoneal fat space at the level of the liver")
+    # gas rises: in a supine patient free air collects in the most anterior (smallest y) peritoneal space
+    cand = cand[cand[:, 1] <= np.percentile(cand[:, 1], 5)]
+    centre = cand[rng.integers(len(cand))] + [lbb[0].start, 0, 0]
+    semi = (float(rng.uniform(20, 50)), float(rng.uniform(4, 9)), float(rng.uniform(15, 35)))  # x, y, z
     bb = _box_around(ph, centre, max(semi) + 4)
     x, y, z = _local_mm(ph, bb, centre)
     phi = S.ellipsoid(x, y, z, (0, 0, 0), semi)
-    m = (phi < 0) & (ph.labels[bb] == 0) & (ph.hu[bb] < -30) & _wall_depth_ok(ph, bb)
-    if m.sum() * ph.voxel_ml < 0.3:
-        raise Skip("no intraperitoneal fat space anterior to the liver")
+    m = (phi < 0) & (ph.labels[bb] == 0) & (ph.hu[bb] < -30) & (ph.hu[bb] > -300) & _wall_depth_ok(ph, bb)
     ph.hu[bb][m] = -1000.0
-    return _record(ph, "small_bowel", centre, 2 * semi[1], _severity(semi[0], 25, 60), None, bb,
+    return _record(ph, "small_bowel", centre, 2 * semi[1], _severity(semi[0], 20, 50), None, bb,
                    volume_ml=round(float(m.sum()) * ph.voxel_ml, 1))
 
 
