@@ -115,3 +115,16 @@ def test_written_report_converts_to_gold():
                                "finding": "ascites", "phase": None}]
     res = evaluate([g], {"rules": rule_labeller})["_results"][0]
     assert res.accuracy("organ") == 1.0 and res.accuracy("polarity") == 1.0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("trainer.synth.report") is None, reason="synthetic report writer absent")
+def test_rule_engine_meets_the_bar_on_the_writers_heldout_phrasing():
+    from trainer.reports.evaluate import synth_heldout_reports
+
+    reports = synth_heldout_reports(60, seed=11)
+    out = evaluate(reports, {"rules": rule_labeller})
+    res = out["_results"][0]
+    assert res.n_sentences > 500
+    assert out["split_f1"] >= 0.95
+    assert res.accuracy("organ") >= 0.95 and res.accuracy("polarity") >= 0.95
+    assert res.accuracy("finding") >= 0.9 and res.accuracy("phase") >= 0.95

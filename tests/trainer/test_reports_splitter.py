@@ -55,3 +55,10 @@ def test_separators_and_empty_text_give_no_sentences():
 
 def test_normalise_for_match():
     assert normalise_for_match(" 2.  The Liver  is normal. ") == "the liver is normal"
+
+
+def test_bare_subheading_line_names_the_block_below_it():
+    rep = "FINDINGS:\nGALLBLADDER:\nDistended.\nNo stones.\n\nThe spleen is normal.\nIMPRESSION: 1. Liver: normal."
+    got = [(s.heading, s.text) for s in split_sentences(rep)]
+    assert got == [("GALLBLADDER", "Distended."), ("GALLBLADDER", "No stones."), ("", "The spleen is normal."),
+                   ("Liver", "normal.")]

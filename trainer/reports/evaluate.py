@@ -38,30 +38,39 @@ def gold_from_written_report(report) -> dict:
     return {"text": report.text, "sentences": sents}
 
 
+def sample_report_truth(rng) -> dict:
+    """A study truth with the fields the report writer reads, drawn like trainer.synth.study.generate_study does
+    (same finding sampler, age, sex and phase odds) but without rendering a phantom: rendering costs seconds per study
+    and changes nothing in the text. Organ, size, severity and laterality are drawn here."""
+    from appliance.ontology import FINDINGS_BY_NAME, ORGAN_NAMES, ORGANS_BY_NAME
+    from trainer.synth.phantom import PHASES
+    from trainer.synth.plan import sample_findings
+
+    age = int(rng.integers(25, 90))
+    sex = str(rng.choice(["male", "female"]))
+    phase = str(rng.choice(PHASES, p=[0.25, 0.2, 0.55]))
+    records = []
+    for name in sample_findings(rng, age=age, sex=sex):
+        organ = str(rng.choice(FINDINGS_BY_NAME[name].organs))
+        records.append({
+            "finding": name, "organ": organ, "inserted": True,
+            "size_mm": round(float(rng.uniform(4, 45)), 1),
+            "severity": str(rng.choice(["mild", "moderate", "severe"])),
+            "laterality": str(rng.choice(["left", "right", "bilateral"])) if ORGANS_BY_NAME[organ].paired else None,
+        })
+    volumes = {o: (0.0 if o == "prostate" and sex == "female" else 100.0) for o in ORGAN_NAMES}
+    return {"age": age, "sex": sex, "phase": phase, "findings": records, "organ_volumes_ml": volumes}
+
+
 def synth_heldout_reports(n: int, seed: int = 0) -> list[dict]:
-    """n reports in the synthetic writer's held-out phrasing, as gold dicts.
-
-    Uses trainer.synth.report.write_report(truth, rng, phrasing="heldout") and a truth sampler of that package
-    (sample_truth(rng) in trainer.synth.report or trainer.synth.truth). ImportError when they are not there.
-    """
-    import importlib
-
+    """n reports in the synthetic writer's held-out phrasing (trainer.synth.report), as gold dicts."""
     import numpy as np
 
     from trainer.synth.report import write_report  # noqa: PLC0415 - another engineer's package, optional here
 
-    sampler = None
-    for mod in ("trainer.synth.report", "trainer.synth.truth"):
-        try:
-            sampler = getattr(importlib.import_module(mod), "sample_truth", None)
-        except ImportError:
-            continue
-        if sampler is not None:
-            break
-    if sampler is None:
-        raise ImportError("no sample_truth(rng) in trainer.synth.report or trainer.synth.truth")
     rng = np.random.default_rng(seed)
-    return [gold_from_written_report(write_report(sampler(rng), rng, phrasing="heldout")) for _ in range(n)]
+    return [gold_from_written_report(write_report(sample_report_truth(rng), rng, phrasing="heldout"))
+            for _ in range(n)]
 
 
 def split_scores(reports: Iterable[dict]) -> dict:

@@ -110,7 +110,7 @@ EXTRA_PHRASES: dict[str, tuple[str, ...]] = {
                    r"(?:low|decreased|reduced|diminished) bone (?:mineral )?(?:density|mineralization)"),
     "metastatic_disease": (r"metasta\w*",),
     "hiatal_hernia": (r"hiat(?:al|us) hernia",),
-    "fracture": (r"fractur\w*",),
+    "fracture": (r"fractur\w*", r"(?:compression|wedge) deformit\w*"),
     "renal_cyst": (r"bosniak \w+ (?:renal )?cysts?",),
     "coronary_calcification": (r"coronary (?:artery )?calcifications?", r"calcified coronar\w*(?: arteries)?"),
 }

@@ -44,8 +44,10 @@ ABBREVIATIONS = frozenset({
 # Units: their full stop ends a sentence only when a capitalised word follows ("2 cm. The ...").
 UNITS = frozenset({"cm", "mm", "ml", "cc", "hu", "m", "kg", "sec", "s", "min", "mgy", "msv", "kv", "mas", "etc"})
 
-# "LIVER:" / "Lung bases:" at the start of a line inside a section: an organ sub-heading of a structured report
-_SUBHEADING_RE = re.compile(r"^[ \t]*(?:[-*\u2022]\s*)?([A-Za-z][A-Za-z /&,-]{1,40}?):[ \t]", re.MULTILINE)
+# "LIVER:" / "Lung bases:" at the start of a line inside a section: an organ sub-heading of a structured report.
+# It is not part of any sentence; it becomes Sentence.heading of the sentences on its line, or, when it stands alone
+# on its line, of the lines below it up to the next blank line.
+_SUBHEADING_RE = re.compile(r"[ \t]*(?:[-*\u2022]\s*)?([A-Za-z][A-Za-z /&,-]{1,40}?):(?:[ \t]+|[ \t]*(?=\r?\n|$))")
 _LIST_MARKER_RE = re.compile(r"^\s*(?:\(?\d{1,2}[.)]|[-*\u2022\u00b7])\s+")
 _SENT_END_RE = re.compile(r"[.!?]+[\"')\]]*(?=\s|$)")
 _WORD_BEFORE_RE = re.compile(r"([A-Za-z0-9./]+)$")
@@ -125,10 +127,21 @@ def _raw_units(chunk: str) -> list[tuple[int, int]]:
 
 
 def _subheading_at(chunk: str, pos: int) -> str:
-    """The sub-heading that opens the line containing ``pos`` (empty when the line has none)."""
+    """The sub-heading in force at ``pos``: the one opening its line, else a bare one above it in the same block."""
     line_start = chunk.rfind("\n", 0, pos) + 1
     m = _SUBHEADING_RE.match(chunk, line_start)
-    return m.group(1).strip() if m else ""
+    if m:
+        return m.group(1).strip()
+    while line_start > 0:  # walk up through the lines of this block (a blank line ends it)
+        prev_start = chunk.rfind("\n", 0, line_start - 1) + 1
+        line = chunk[prev_start:line_start - 1]
+        if not line.strip():
+            return ""
+        m = _SUBHEADING_RE.fullmatch(line.rstrip("\r"))
+        if m:
+            return m.group(1).strip()
+        line_start = prev_start
+    return ""
 
 
 def split_sentences(text: str) -> list[Sentence]:
@@ -140,11 +153,16 @@ def split_sentences(text: str) -> list[Sentence]:
             piece = chunk[a:b]
             m = _LIST_MARKER_RE.match(piece)
             lead = m.end() if m else len(piece) - len(piece.lstrip())
+            at_line_start = not chunk[:a].strip(" \t").endswith(tuple(".!?;:,")) and (
+                a == 0 or chunk[:a].rstrip(" \t").endswith("\n") or not chunk[:a].strip())
+            h = _SUBHEADING_RE.match(piece, lead) if at_line_start else None
+            if h:
+                lead = h.end()  # the sub-heading is metadata (Sentence.heading), not sentence text
             body = piece[lead:].rstrip()
             clean = re.sub(r"\s+", " ", body).strip()
             if not re.search(r"[A-Za-z\u00C0-\u024F\u0370-\u03FF\u0400-\u04FF\u4e00-\u9fff]", clean):
                 continue  # separators, lone numbers, "***"
-            heading = _subheading_at(chunk, a + lead)
+            heading = h.group(1).strip() if h else _subheading_at(chunk, a + lead)
             out.append(Sentence(clean, section, s0 + a + lead, s0 + a + lead + len(body), heading=heading))
     return out
 
