@@ -34,7 +34,7 @@ def sample_findings(rng: np.random.Generator, *, age: int, sex: str, normal_frac
     if sex != "male":
         w[names.index("prostatomegaly")] = 0
     k = int(rng.choice([1, 2, 3, 4], p=[0.4, 0.3, 0.2, 0.1]))
-    chosen = list(rng.choice(names, size=k, replace=False, p=w / w.sum()))
+    chosen = [str(n) for n in rng.choice(names, size=k, replace=False, p=w / w.sum())]
     for a, b, p in CO_OCCUR:
         if a in chosen and b not in chosen and rng.random() < p:
             chosen.append(b)

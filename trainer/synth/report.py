@@ -95,7 +95,7 @@ FRAMES = {
         "hedged": ("Probable {np}{where}{size}.", "Findings may represent {np}{where}{size}."),
         "neg": ("No evidence of {neg}.", "Negative for {neg}."),
         "normal": ("The {organ} is within normal limits.", "Unremarkable {organ}."),
-        "impr_pos": ("Redemonstrated finding of {np}{where}{size}.", "Consistent with {np}{where}{size}."),
+        "impr_pos": ("Compatible with {np}{where}{size}.", "Consistent with {np}{where}{size}."),
         "impr_normal": ("No acute findings.",),
         "size": (" ({s})", ", approximately {s}"),
         "technique": ("Helical CT images of the {region} were acquired {contrast}.",),
@@ -178,7 +178,8 @@ def write_report(truth: dict, rng: np.random.Generator, phrasing: str = "train")
     lines += ["TECHNIQUE: " + " ".join(t), ""]
     lines += ["COMPARISON: " + add(str(rng.choice(fr["comparison"])), "comparison", "not_a_finding"), ""]
     lines.append("FINDINGS:")
-    impression_only = {r["finding"] for r in present if rng.random() < 0.15}
+    # some findings only in the impression (as radiologists do); always those whose organ has no section here
+    impression_only = {r["finding"] for r in present if rng.random() < 0.15 or r["organ"] not in organs_in_scan}
     for organ in organs_in_scan:
         recs = [r for r in present if r["organ"] == organ]
         out = []
@@ -187,17 +188,17 @@ def write_report(truth: dict, rng: np.random.Generator, phrasing: str = "train")
                 continue
             text, hedged = _positive(r, fr, rng)
             out.append(add(text, "findings", "positive", organ, r["finding"], hedged=hedged))
-        absent = [f.name for f in CATEGORY_FINDINGS if f.organs[0] == organ and f.name not in present_names]
-        rng.shuffle(absent)
-        for name in absent[: int(rng.integers(0, 3))]:
-            neg = str(rng.choice(LEXICON[name][1]))
-            out.append(add(_cap(str(rng.choice(fr["neg"])).format(neg=neg)), "findings", "negated", organ, name))
         if not recs and rng.random() < 0.85:
             disp = ORGANS_BY_NAME[organ].display.lower()
             text = _cap(str(rng.choice(fr["normal"])).format(organ=disp))
             if disp.endswith("s"):  # plural organs: lungs, kidneys, adrenal glands
                 text = text.replace(f"{disp} is ", f"{disp} are ").replace(f"{disp} appears", f"{disp} appear")
-            out.insert(0, add(text, "findings", "normal", organ))
+            out.append(add(text, "findings", "normal", organ))
+        absent = [f.name for f in CATEGORY_FINDINGS if f.organs[0] == organ and f.name not in present_names]
+        rng.shuffle(absent)
+        for name in absent[: int(rng.integers(0, 3))]:
+            neg = str(rng.choice(LEXICON[name][1]))
+            out.append(add(_cap(str(rng.choice(fr["neg"])).format(neg=neg)), "findings", "negated", organ, name))
         if out:
             lines.append(f"{ORGANS_BY_NAME[organ].display}: " + " ".join(out))
     lines += ["", "IMPRESSION:"]
