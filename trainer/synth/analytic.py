@@ -165,7 +165,8 @@ def build_analytic(grid: Grid, rng: np.random.Generator, *, sex: str, phase: str
 
         def lung_phi(x, y, z, sx=sx, zd=zd):
             cav = S.ellipse_xy(x, y, (0, 0), iax, iay)
-            med = np.where(y > y_vb - 25, 38.0, 22.0) - sx * x
+            # mediastinum: narrow in front of the heart, wider around the spine, a smooth transition between
+            med = 20.0 + 18.0 / (1 + np.exp(-(y - (y_vb - 30)) / 8.0)) + 4 * np.sin(z / 23.0) - sx * x
             dome = zd + 28 * (1 - ((x - sx * 80) / 90) ** 2).clip(0) - 0.35 * y - z
             top = z - z_apex + 0.004 * ((x - sx * 70) ** 2 + y**2)
             return np.maximum(np.maximum(cav, med), np.maximum(dome, top))

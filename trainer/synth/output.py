@@ -47,7 +47,7 @@ def write_study(study: Study, out_dir: str | Path, *, compress: bool = False, pr
                            series_uid=_uid(t["seed"], t["index"], "series"), patient_id=pid,
                            patient_name=f"SYNTH^{pid}", accession=pid[-16:],
                            series_description=f"synthetic {t['kind']} {t['phase']}",
-                           compress=("jpeg2000" if compress else None) if compress else None)
+                           compress=True if compress else None)
             paths["dicom"] = str(out / "dicom")
             paths["dicom_files"] = str(len(files))
     if preview:

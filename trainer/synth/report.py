@@ -191,7 +191,7 @@ def write_report(truth: dict, rng: np.random.Generator, phrasing: str = "train")
         if not recs and rng.random() < 0.85:
             disp = ORGANS_BY_NAME[organ].display.lower()
             text = _cap(str(rng.choice(fr["normal"])).format(organ=disp))
-            if disp.endswith("s"):  # plural organs: lungs, kidneys, adrenal glands
+            if organ in ("lungs", "kidneys", "adrenal_glands"):  # plural organs take plural verbs
                 text = text.replace(f"{disp} is ", f"{disp} are ").replace(f"{disp} appears", f"{disp} appear")
             out.append(add(text, "findings", "normal", organ))
         absent = [f.name for f in CATEGORY_FINDINGS if f.organs[0] == organ and f.name not in present_names]
