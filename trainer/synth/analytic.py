@@ -186,16 +186,20 @@ def build_analytic(grid: Grid, rng: np.random.Generator, *, sex: str, phase: str
     # pulmonary vessels: a few tapering branches from each hilum (what makes lungs read as lungs)
     for sx in (1, -1):
         hilum = np.array([sx * 40, 5, 0.5 * (z_dia["left"] + z_apex) - 20])
-        for _ in range(14):
+        for _ in range(24):
             d = rng.normal(0, 1, 3)
             d[0] = abs(d[0]) * sx + sx * 0.8
             d /= np.linalg.norm(d)
-            length = u(50, 110)
-            pts = np.array([hilum, hilum + d * length * 0.5 + rng.normal(0, 6, 3), hilum + d * length])
-            rad = np.array([4.0, 2.5, 1.2])
-            lo, hi = S.path_bounds(pts, rad)
-            cv.paint(lambda x, y, z, p=pts, r=rad: S.tube(x, y, z, p, r, step=1.0), lo, hi, -1, 40.0,
-                     over=LUNG_IDS)
+            length = u(50, 120)
+            mid = hilum + d * length * 0.5 + rng.normal(0, 6, 3)
+            d2 = d + rng.normal(0, 0.6, 3)
+            d2 /= np.linalg.norm(d2)
+            # a parent vessel and one daughter branch from its middle, tapering to sub-millimetre calibre
+            for pts, rad in ((np.array([hilum, mid, hilum + d * length]), np.array([4.0, 2.5, 1.0])),
+                             (np.array([mid, mid + d2 * length * 0.4]), np.array([1.8, 0.8]))):
+                lo, hi = S.path_bounds(pts, rad)
+                cv.paint(lambda x, y, z, p=pts, r=rad: S.tube(x, y, z, p, r, step=1.0), lo, hi, -1, 40.0,
+                         over=LUNG_IDS)
     trachea = S.smooth_path([(0, -10, 470), (0, -5, 400), (0, 0, 372)], None, 0)
     cv.paint(lambda x, y, z: S.tube(x, y, z, trachea, 9), (-15, -25, 360), (15, 15, 480), TS["trachea"], ph("air"))
     for sx in (1, -1):
