@@ -35,3 +35,12 @@ class CropError(TotalFMError):
 
 class OntologyError(TotalFMError):
     """An organ or finding name is unknown, or two components disagree about the ontology version."""
+
+
+class StoreError(TotalFMError):
+    """The SQL store cannot be used: bad database URL, server unreachable, schema not migrated, unknown job, ..."""
+
+
+class LeaseLostError(StoreError):
+    """A worker tried to finish a job it no longer holds (its lease expired and another worker took it over, or an
+    admin cancelled it); its results are discarded so a study never gets two half-overlapping versions."""
