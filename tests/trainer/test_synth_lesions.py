@@ -60,17 +60,19 @@ def test_lesion_changes_hu_only_inside_its_recorded_box(base, name):
 
 
 @pytest.mark.parametrize("name,organ,tol", [("splenomegaly", "spleen", 0.05), ("hepatomegaly", "liver", 0.05),
-                                            ("cardiomegaly", "heart", 0.05), ("pancreatic_atrophy", "pancreas", 0.2)])
+                                            ("cardiomegaly", "heart", 0.05), ("pancreatic_atrophy", "pancreas", 0.3)])
 def test_enlarged_organs_grow_by_the_recorded_factor(name, organ, tol):
     # Tolerance: labels are relabelled by nearest neighbour, so the boundary moves by up to half a voxel, unbiased;
     # for organs above ~150 mL at these 4-7 mm voxels that measured <= 1.5 % (18 trials); the pancreas is a thin
-    # 2 cm tube, only a few voxels across at this size, hence 20 %.
+    # 2 cm tube only 2-3 voxels across at this size: nearest-neighbour resampling adds or drops up to one boundary
+    # layer, i.e. up to ~30 % of its voxels (measured 11-23 %); it must still clearly shrink.
     for seed in (1, 2):
         b = generate_study("analytic", seed, 0, shape=SHAPE, findings=[])
         s = generate_study("analytic", seed, 0, shape=SHAPE, findings=[name])
         factor = s.truth["findings"][0]["details"]["volume_factor"]
         measured = s.phantom.volume_ml(organ) / b.phantom.volume_ml(organ)
         assert abs(measured / factor - 1) < tol, (seed, factor, measured)
+        assert (measured > 1.05) if factor > 1 else (measured < 0.95)
 
 
 def test_missing_organ_is_skipped_and_recorded(shared_data):

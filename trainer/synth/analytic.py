@@ -270,8 +270,10 @@ def build_analytic(grid: Grid, rng: np.random.Generator, *, sex: str, phase: str
                  -1, -40.0, over=(TS[f"kidney_{side}"],))
         ac = (sx * 45 + u(-4, 4), y_vb - 15, kc[2] + ksemi[2] + 8)
         arot = S.rotation(rng, 10, base=(20, 0, sx * 30))
-        cv.paint(lambda x, y, z, c=ac, r=arot: S.ellipsoid(x, y, z, c, (5, 14, 17), r), np.subtract(ac, 30),
-                 np.add(ac, 30), TS[f"adrenal_gland_{side}"], ph("adrenal"), over=SOFT_OVER)
+        # adrenals sit in the fat between liver/spleen, crus and kidney top; they may indent liver or spleen
+        cv.paint(lambda x, y, z, c=ac, r=arot: S.ellipsoid(x, y, z, c, (6, 14, 18), r), np.subtract(ac, 30),
+                 np.add(ac, 30), TS[f"adrenal_gland_{side}"], ph("adrenal"),
+                 over=SOFT_OVER + (TS["liver"], TS["spleen"]))
     gb_c = (lr_c[0] + 30 + u(-5, 5), -iay + 55 + u(-5, 5), lr_c[2] - 40 * lsc)
     gb_semi = (15 * u(0.8, 1.2), 16 * u(0.8, 1.2), 34 * u(0.8, 1.2))
     gbrot = S.rotation(rng, 10, base=(-40, 0, 0))
