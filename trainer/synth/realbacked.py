@@ -7,6 +7,7 @@ The data directory is passed in (or $TOTALFM_SHARED_DATA); nothing is copied int
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -17,7 +18,7 @@ from scipy import ndimage
 from appliance.errors import VolumeFormatError
 from appliance.nifti_io import read_nifti
 from appliance.ontology import TOTALSEG_ID_BY_NAME as TS
-from appliance.volume import to_canonical
+from appliance.volume import Volume, to_canonical
 from trainer.synth.analytic import HU, PHASE_INDEX
 from trainer.synth.grid import Grid
 from trainer.synth.phantom import Phantom
@@ -43,11 +44,31 @@ def resolve_data_dir(data_dir: str | Path | None) -> Path:
     return p
 
 
+# the real DICOM series (contrast enhanced, portal venous), read through the appliance's DICOM reader once present
+DICOM_SOURCE = ("ts_dicom_series", "dicom", "seg_totalsegmentator_fast.nii.gz", "portal_venous")
+
+
+def available_sources() -> list[str]:
+    names = sorted(SOURCES)
+    if importlib.util.find_spec("appliance.dicom_io") is not None:
+        names.append(DICOM_SOURCE[0])
+    return names
+
+
+def _read_dicom(folder: Path):
+    from appliance.dicom_io import read_series  # landed by another engineer; optional until then
+
+    vol = read_series(folder)
+    vol = vol[0] if isinstance(vol, tuple) else vol
+    return Volume(np.asarray(vol.array, dtype=np.float32), vol.spacing, vol.origin, vol.direction, dict(vol.meta))
+
+
 @lru_cache(maxsize=4)
 def load_source(data_dir: str, name: str):
-    folder, img, lab, phase = SOURCES[name]
+    folder, img, lab, phase = DICOM_SOURCE if name == DICOM_SOURCE[0] else SOURCES[name]
     base = Path(data_dir) / "real-ct" / folder
-    ct = to_canonical(read_nifti(base / img, dtype=np.float32))
+    raw = _read_dicom(base / img) if name == DICOM_SOURCE[0] else read_nifti(base / img, dtype=np.float32)
+    ct = to_canonical(raw)
     seg = to_canonical(read_nifti(base / lab))
     if ct.shape != seg.shape:
         raise VolumeFormatError(f"{folder}: CT {ct.shape} and labels {seg.shape} are not on one grid")
@@ -57,7 +78,10 @@ def load_source(data_dir: str, name: str):
 def build_real_backed(rng: np.random.Generator, *, data_dir, phase: str, age: int, source: str | None = None,
                       shape=None, spacing=None, elastic_mm: float = 6.0) -> Phantom:
     data_dir = str(resolve_data_dir(data_dir))
-    source = source or str(rng.choice(sorted(SOURCES)))
+    source = source or str(rng.choice(available_sources()))
+    if source not in available_sources():
+        raise VolumeFormatError(f"unknown or unavailable real CT source {source!r}; available: "
+                                f"{', '.join(available_sources())}")
     ct, seg, src_phase = load_source(data_dir, source)
     src_sp = np.asarray(ct.spacing)
     src_shape = np.asarray(ct.shape)
