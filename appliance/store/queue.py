@@ -147,9 +147,9 @@ class QueueMixin:
                                 structured=result.report.structured, model_ids=result.report.model_ids))
             job.state, job.finished_at, job.lease_owner, job.lease_expires_at = JobState.DONE, now, None, None
 
-    def fail_job(self, job_id: int, worker_id: str, error: str) -> None:
+    def fail_job(self, job_id: int, worker_id: str, error: str, *, now: dt.datetime | None = None) -> None:
         """Record a failed attempt: retry later with exponential backoff, or give up after max_attempts."""
-        now = utcnow()
+        now = as_naive_utc(now) if now else utcnow()
         with self.session() as s:
             job = self._held_job(s, job_id, worker_id)
             job.last_error = error[:4000]
