@@ -58,3 +58,26 @@ def test_dicom_series_reads_back_to_the_same_volume(tmp_path):
     assert vol.shape == s.image.shape
     assert np.allclose(vol.affine(), s.image.affine(), atol=1e-3)
     assert np.array_equal(np.asarray(vol.array).astype(np.int16), s.image.array)
+
+
+def test_cli_real_backed_with_size(tmp_path, shared_data):
+    rc = totalfm(["synth", "--n", "1", "--kind", "real-backed", "--out", str(tmp_path), "--seed", "2",
+                  "--size", "80,72,60", "--data-dir", str(shared_data), "--no-dicom"])
+    assert rc == 0
+    img = read_nifti(tmp_path / "study_00000" / "ct.nii.gz")
+    lab = read_nifti(tmp_path / "study_00000" / "labels.nii.gz")
+    assert img.shape == (60, 72, 80) and lab.shape == img.shape
+    truth = json.loads((tmp_path / "study_00000" / "truth.json").read_text())
+    assert truth["kind"] == "real-backed" and truth["source"]
+
+
+def test_bad_sizes_and_names_give_our_errors():
+    from appliance.errors import OntologyError
+    with pytest.raises(TotalFMError, match="between 16 and 1024"):
+        generate_study("analytic", 0, 0, shape=(4, 64, 64))
+    with pytest.raises(TotalFMError, match="spacing"):
+        generate_study("analytic", 0, 0, spacing=(0.0, 1.0, 1.0))
+    with pytest.raises(OntologyError, match="no insertion method"):
+        generate_study("analytic", 0, 0, findings=["appendicitis"])
+    with pytest.raises(TotalFMError, match="kind"):
+        generate_study("mri", 0, 0)

@@ -86,9 +86,15 @@ def build_real_backed(rng: np.random.Generator, *, data_dir, phase: str, age: in
     src_sp = np.asarray(ct.spacing)
     src_shape = np.asarray(ct.shape)
     # output grid: a random crop of the source field of view (or the size/spacing asked for)
-    sp = np.asarray(spacing if spacing is not None else src_sp * rng.uniform(0.9, 1.1, 3))
+    fov = src_shape * src_sp * rng.uniform(0.75, 1.0, 3)  # field of view kept from the source (mm, z y x)
+    if spacing is not None:
+        sp = np.asarray(spacing, dtype=np.float64)
+    elif shape is not None:
+        sp = fov / np.asarray(shape)
+    else:
+        sp = src_sp * rng.uniform(0.9, 1.1, 3)
     if shape is None:
-        shape = np.maximum(8, np.round(src_shape * src_sp * rng.uniform(0.75, 1.0, 3) / sp)).astype(int)
+        shape = np.maximum(8, np.round(fov / sp)).astype(int)
     shape = tuple(int(n) for n in shape)
     src_centre_idx = (src_shape - 1) / 2.0
     src_centre_lps = ct.index_to_lps(src_centre_idx)

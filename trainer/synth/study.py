@@ -25,6 +25,7 @@ from trainer.synth.plan import sample_findings
 from trainer.synth.report import Report, write_report
 
 KINDS = ("analytic", "real-backed")
+SMALL_SHAPE = (64, 96, 96)  # (z, y, x): a whole torso at ~4 x 4 x 7 mm, cheap enough for unit tests
 _STREAM = {"anatomy": 0, "plan": 1, "noise": 2, "report": 3}
 _FINDING_INDEX = {f.name: i for i, f in enumerate(CATEGORY_FINDINGS)}
 
@@ -57,10 +58,11 @@ def _add_noise(ph: Phantom, rng: np.random.Generator, sigma_range) -> tuple[np.n
     return out, sigma
 
 
-def generate_study(kind: str = "analytic", seed: int = 0, index: int = 0, *, shape=(96, 96, 64)[::-1],
+def generate_study(kind: str = "analytic", seed: int = 0, index: int = 0, *, shape=None,
                    spacing=None, findings: list[str] | None = None, normal_fraction: float = 0.3,
                    phrasing: str = "train", data_dir=None, realism: bool = True, source: str | None = None) -> Study:
-    """Make study ``index`` of the run with ``seed``. ``shape`` is (z, y, x). ``findings``: exact list (``[]`` for a
+    """Make study ``index`` of the run with ``seed``. ``shape`` is (z, y, x) (analytic default SMALL_SHAPE; real-backed
+    default: a random crop of the source at about its spacing). ``findings``: exact list (``[]`` for a
     normal study) instead of sampling. ``realism=False``: no blur, noise or findings (benchmark baseline)."""
     if kind not in KINDS:
         raise TotalFMError(f"unknown phantom kind {kind!r}; use one of {', '.join(KINDS)}")
@@ -69,8 +71,12 @@ def generate_study(kind: str = "analytic", seed: int = 0, index: int = 0, *, sha
     sex = str(plan_rng.choice(["male", "female"]))
     phase = str(plan_rng.choice(PHASES, p=[0.25, 0.2, 0.55]))
     anat = stream(seed, index, "anatomy")
+    if shape is not None and (len(tuple(shape)) != 3 or not all(16 <= int(n) <= 1024 for n in shape)):
+        raise TotalFMError(f"phantom size must be three numbers between 16 and 1024 voxels, got {tuple(shape)}")
+    if spacing is not None and (len(tuple(spacing)) != 3 or not all(0.1 <= float(v) <= 20 for v in spacing)):
+        raise TotalFMError(f"voxel spacing must be three numbers between 0.1 and 20 mm, got {tuple(spacing)}")
     if kind == "analytic":
-        shape = tuple(int(n) for n in shape)
+        shape = tuple(int(n) for n in (shape or SMALL_SHAPE))
         sp = tuple(spacing) if spacing is not None else default_spacing(shape)
         fov_z = shape[0] * sp[0]
         cz = FULL_TORSO_Z_MM / 2 if fov_z >= FULL_TORSO_Z_MM - 10 else 190.0
@@ -84,7 +90,7 @@ def generate_study(kind: str = "analytic", seed: int = 0, index: int = 0, *, sha
     else:
         from trainer.synth.realbacked import build_real_backed
         ph = build_real_backed(anat, data_dir=data_dir, phase=phase, age=age, source=source,
-                               shape=None if shape is None or spacing is None else shape, spacing=spacing)
+                               shape=shape, spacing=spacing)
         sigma_range = (2, 8)  # the source already has its own noise
     if findings is None:
         names = sample_findings(plan_rng, age=age, sex=ph.sex, normal_fraction=normal_fraction) if realism else []
