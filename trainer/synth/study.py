@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from appliance.errors import TotalFMError
+from appliance.errors import OntologyError, TotalFMError
 from appliance.ontology import CATEGORY_FINDINGS
 from appliance.volume import Volume
 from trainer.synth import GENERATOR_VERSION
@@ -96,6 +96,10 @@ def generate_study(kind: str = "analytic", seed: int = 0, index: int = 0, *, sha
         names = sample_findings(plan_rng, age=age, sex=ph.sex, normal_fraction=normal_fraction) if realism else []
     else:
         names = list(findings)
+        unknown = [n for n in names if n not in _FINDING_INDEX]
+        if unknown:
+            raise OntologyError(f"no insertion method for finding(s) {unknown}; known: appliance.ontology."
+                                f"CATEGORY_FINDINGS ({', '.join(sorted(_FINDING_INDEX))})")
     records = [insert_finding(ph, n, stream(seed, index, n)) for n in names]
     if realism:
         hu_i16, sigma = _add_noise(ph, stream(seed, index, "noise"), sigma_range)
