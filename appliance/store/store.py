@@ -14,20 +14,23 @@ from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, selectinload, sessionmaker
 
 from appliance.errors import StoreError
 from appliance.store import migrate
 from appliance.store.engine import make_engine
 from appliance.store.models import (
-    Association, AuditEvent, Instance, Job, NodeStatus, Series, Setting, Study, Worker, as_naive_utc, utcnow,
+    Analysis, Association, AuditEvent, Instance, Job, NodeStatus, Series, Setting, Study, Worker, as_naive_utc, utcnow,
 )
+from appliance.store.deliveries import DeliveryMixin
 from appliance.store.queue import QueueMixin
+from appliance.store.results import (AnalysisResult, FindingResult, OrganResult, ReportDraft,
+                                     embedding_from_bytes)
 
 PHI_SETTING = "privacy.store_patient_identity"
 
 
-class Store(QueueMixin):
+class Store(QueueMixin, DeliveryMixin):
     def __init__(self, engine: Engine, *, store_phi: bool | None = None, max_attempts: int = 3,
                  retry_base_seconds: float = 30.0, retry_max_seconds: float = 3600.0):
         self.engine = engine
@@ -169,6 +172,25 @@ class Store(QueueMixin):
                 s.add(Worker(id=worker_id, host=host, pid=pid, current_job_id=current_job_id, last_heartbeat=utcnow()))
             else:
                 row.host, row.pid, row.current_job_id, row.last_heartbeat = host, pid, current_job_id, utcnow()
+
+    def latest_analysis(self, study_uid: str) -> tuple[int, int, AnalysisResult] | None:
+        """(analysis id, version, result) of the study's newest complete result version, or None."""
+        with self.read_session() as s:
+            a = s.scalars(select(Analysis).join(Study, Study.id == Analysis.study_id)
+                          .where(Study.study_uid == study_uid).order_by(Analysis.version.desc()).limit(1)
+                          .options(selectinload(Analysis.organ_results), selectinload(Analysis.findings),
+                                   selectinload(Analysis.report))).one_or_none()
+            if a is None:
+                return None
+            organs = [OrganResult(o.organ, o.status, o.volume_ml, o.mean_hu, o.std_hu,
+                                  None if o.embedding is None else embedding_from_bytes(o.embedding, o.embedding_dim))
+                      for o in sorted(a.organ_results, key=lambda o: o.id)]
+            findings = [FindingResult(f.organ, f.finding, f.score, f.threshold, f.positive)
+                        for f in sorted(a.findings, key=lambda f: f.id)]
+            report = (ReportDraft(a.report.draft_text, a.report.structured, a.report.model_ids)
+                      if a.report else None)
+            return a.id, a.version, AnalysisResult(organs, findings, report, a.series_uid, a.bundle_id, a.backend,
+                                                   a.timings)
 
     def job_counts(self) -> dict[str, int]:
         with self.read_session() as s:
