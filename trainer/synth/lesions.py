@@ -339,10 +339,13 @@ def hiatal_hernia(ph, rng):
     sbb = ph.bbox(st)
     top = sbb[0].stop  # stomach top slice
     ebb = ph.bbox(eso)
-    z = min(ebb[0].stop - 1, max(top, ebb[0].start) + int(round(rng.uniform(10, 25) / ph.grid.spacing[0])))
-    pts = np.argwhere(ph.labels[z] == eso[0])
-    if len(pts) == 0:
+    # slices above the stomach where the (thin) esophagus is seen; the hernia sits 1-4 cm above the hiatus
+    zs = [z for z in range(max(top, ebb[0].start), ebb[0].stop) if (ph.labels[z][ebb[1], ebb[2]] == eso[0]).any()]
+    if not zs:
         raise Skip("esophagus not seen above the stomach")
+    near = [z for z in zs if z <= top + 40 / ph.grid.spacing[0]] or zs[:1]
+    z = int(rng.choice(near))
+    pts = np.argwhere(ph.labels[z] == eso[0])
     c = np.array([z, *pts.mean(axis=0)])
     r = float(rng.uniform(12, 28))
     over = (0, TS["esophagus"]) + LUNG_IDS
