@@ -56,3 +56,18 @@ def test_bad_urls_give_admin_messages(tmp_path, capsys):
         open_store("postgresql+psycopg://nobody@127.0.0.1:1/none?connect_timeout=2")
     assert cli_main(["db", "current", "--url", "sqlite://"]) == 1
     assert "in-memory" in capsys.readouterr().err
+
+
+def test_migrations_match_the_models(store_url):
+    """A model changed without a new migration would make production schemas drift from the code."""
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    from appliance.store.models import Base
+
+    engine = make_engine(store_url)
+    migrate.upgrade(engine)
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+    engine.dispose()
+    assert diff == []
