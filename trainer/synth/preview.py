@@ -44,9 +44,8 @@ def write_preview(path: str | Path, hu: np.ndarray, labels: np.ndarray, spacing,
     cor = [Image.fromarray(_overlay(_window(hu[::-1, j, :]), labels[::-1, j, :] * 0)).resize((tile_w, ch)),
            Image.fromarray(_overlay(_window(hu[::-1, j, :], -1000, 400), labels[::-1, j, :])).resize((tile_w, ch))]
     coronal = np.concatenate([np.asarray(t) for t in cor], axis=1)
-    text_w = 560
     height = max(axial.shape[0], coronal.shape[0] + 700)
-    canvas = Image.new("RGB", (axial.shape[1] + coronal.shape[1] + 0, height), "black")
+    canvas = Image.new("RGB", (axial.shape[1] + coronal.shape[1], height), "black")
     canvas.paste(Image.fromarray(axial), (0, 0))
     canvas.paste(Image.fromarray(coronal), (axial.shape[1], 0))
     draw = ImageDraw.Draw(canvas)
@@ -58,7 +57,6 @@ def write_preview(path: str | Path, hu: np.ndarray, labels: np.ndarray, spacing,
             lines.append(para[:cut]); para = para[cut:].lstrip()
         lines.append(para)
     draw.multiline_text((axial.shape[1] + 8, coronal.shape[0] + 8), "\n".join(lines[:60]), fill="white")
-    del text_w
     path = Path(path)
     canvas.save(path)
     return path
