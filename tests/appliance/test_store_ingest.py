@@ -121,3 +121,15 @@ def test_associations_and_audit_are_recorded(store):
         assert (a.calling_ae, a.n_received, a.n_failed, a.started_at) == ("CT1", 120, 2, dt.datetime(2024, 5, 1, 10))
         ev = s.scalars(select(AuditEvent)).one()
         assert (ev.event, ev.actor, ev.detail) == ("node_started", "system", {"port": 11112})
+
+
+def test_session_commits_on_success_and_rolls_back_on_error(store):
+    with pytest.raises(RuntimeError):
+        with store.session() as s:
+            s.add(AuditEvent(at=dt.datetime(2024, 1, 1), event="lost", actor="x"))
+            s.flush()
+            raise RuntimeError("boom")
+    with store.session() as s:
+        s.add(AuditEvent(at=dt.datetime(2024, 1, 1), event="kept", actor="x"))
+    with store.read_session() as s:
+        assert s.scalars(select(AuditEvent.event)).all() == ["kept"]
