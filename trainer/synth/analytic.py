@@ -393,7 +393,9 @@ def build_analytic(grid: Grid, rng: np.random.Generator, *, sex: str, phase: str
 
         def wing_phi(x, y, z, c=wing_c, sx=sx):
             e = S.ellipsoid(x, y, z, c, (45, 55, 40 * s), S.rotation(None, 0, base=(0, 0, sx * 30)))
-            return np.maximum(np.abs(e) - 4.0, np.maximum(sx * (40 - sx * x), z - (c[2] + 30)))
+            # iliac wing: only the lateral, posterior part of the shell (an open plate, not a closed ring)
+            cut = np.maximum(abs(c[0]) - 10 - sx * x, (c[1] - 30) - y)
+            return np.maximum(np.abs(e) - 4.0, np.maximum(cut, z - (c[2] + 30)))
 
         cv.paint(wing_phi, (sx * 25 if sx > 0 else -140, -60, 20), (140 if sx > 0 else -25, y_vb + 60, 130),
                  TS[f"hip_{side}"], bone_hu)
