@@ -97,3 +97,17 @@ def test_real_backed_lesion_stays_in_its_box(shared_data):
     # the cyst is relabelled as TotalSegmentator's kidney_cyst class of its side
     cyst_id = 23 if rec["laterality"] == "left" else 24
     assert (s.labels.array == cyst_id).sum() > 0 and (b.labels.array == cyst_id).sum() == 0
+
+
+def test_a_finding_that_gives_up_half_way_leaves_no_trace(base, monkeypatch):
+    from trainer.synth import lesions
+
+    def half_then_skip(ph, rng):
+        ph.hu[10:20, 10:20, 10:20] += 500  # a first lesion written...
+        raise lesions.Skip("no room for the second lesion")  # ...then the finding gives up
+
+    monkeypatch.setitem(lesions.INSERTERS, "liver_lesion", half_then_skip)
+    s = generate_study("analytic", SEED, 0, shape=SHAPE, findings=["liver_lesion"])
+    assert s.truth["findings"] == [] and s.truth["not_inserted"][0]["reason"] == "no room for the second lesion"
+    assert np.array_equal(s.image.array, base.image.array)
+    assert not any(x["polarity"] == "positive" for x in s.truth["sentences"])
