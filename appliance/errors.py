@@ -44,3 +44,7 @@ class StoreError(TotalFMError):
 class LeaseLostError(StoreError):
     """A worker tried to finish a job it no longer holds (its lease expired and another worker took it over, or an
     admin cancelled it); its results are discarded so a study never gets two half-overlapping versions."""
+
+
+class SegmentationError(TotalFMError):
+    """The organ segmenter cannot run: model weights missing or unreadable, or it produced an unusable result."""

@@ -1,0 +1,1 @@
+"""Organ segmentation: the TotalSegmentator adapter and the protocol our own model implements."""
