@@ -1,0 +1,104 @@
+"""Node configuration: one TOML file, validated at start-up so a typo fails loudly with the key and the fix."""
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from pathlib import Path
+
+from appliance.errors import TotalFMError
+
+
+class NodeConfigError(TotalFMError):
+    """The node's TOML configuration is wrong; the message names the key and how to fix it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class NodeConfig:
+    ae_titles: tuple[str, ...] = ("TOTALFM",)
+    bind_address: str = "127.0.0.1"
+    port: int = 11112
+    spool_dir: str = "spool"
+    store_url: str = "sqlite:///totalfm.db"
+    max_associations: int = 10
+    acse_timeout: float = 30.0
+    dimse_timeout: float = 30.0
+    network_timeout: float = 60.0
+    max_pdu: int = 0  # 0 = unlimited, as pynetdicom
+    allowed_calling_aes: tuple[str, ...] = ()  # empty = anyone may connect
+    allowed_hosts: dict = dataclasses.field(default_factory=dict)  # calling AE -> required peer IP
+    accept_other_sop_classes: bool = False  # True: accept and ignore (status success, nothing stored)
+    min_free_bytes: int = 1 << 30
+    max_disk_usage_percent: float = 95.0
+    quiet_seconds: float = 10.0
+    assembly_poll_seconds: float = 1.0
+    tcp_nodelay: bool = True
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    destinations: dict = dataclasses.field(default_factory=dict)  # name -> "AE@host:port"
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(NodeConfig)}
+
+
+def _check_ae(key: str, ae: object) -> str:
+    if not isinstance(ae, str) or not (1 <= len(ae.strip()) <= 16) or "\\" in ae:
+        raise NodeConfigError(f"{key}: AE title {ae!r} must be 1-16 characters without backslash")
+    return ae.strip()
+
+
+def parse_config(data: dict) -> NodeConfig:
+    unknown = sorted(set(data) - set(_FIELDS))
+    if unknown:
+        raise NodeConfigError(f"unknown key(s) {unknown} in node config; allowed keys: {sorted(_FIELDS)}")
+    values: dict = {}
+    for key, raw in data.items():
+        default = _FIELDS[key].default
+        if key in ("ae_titles", "allowed_calling_aes"):
+            if isinstance(raw, str):
+                raw = [raw]
+            if not isinstance(raw, list):
+                raise NodeConfigError(f"{key} must be a list of AE titles, e.g. {key} = [\"TOTALFM\"]")
+            values[key] = tuple(_check_ae(key, a) for a in raw)
+        elif key in ("allowed_hosts", "destinations"):
+            if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
+                raise NodeConfigError(f"[{key}] must be a table of strings")
+            values[key] = dict(raw)
+        elif key in ("tls_cert", "tls_key"):
+            if not isinstance(raw, str) or not Path(raw).is_file():
+                raise NodeConfigError(f"{key} = {raw!r}: file not found; give the path of the PEM file")
+            values[key] = raw
+        elif isinstance(default, bool):
+            if not isinstance(raw, bool):
+                raise NodeConfigError(f"{key} must be true or false, got {raw!r}")
+            values[key] = raw
+        elif isinstance(default, (int, float)):
+            if isinstance(raw, bool) or not isinstance(raw, (int, float)) or raw < 0:
+                raise NodeConfigError(f"{key} must be a non-negative number, got {raw!r}")
+            if isinstance(default, int) and not isinstance(default, bool) and not isinstance(raw, int):
+                raise NodeConfigError(f"{key} must be a whole number, got {raw!r}")
+            values[key] = raw
+        else:
+            if not isinstance(raw, str) or not raw:
+                raise NodeConfigError(f"{key} must be a non-empty string, got {raw!r}")
+            values[key] = raw
+    cfg = NodeConfig(**values)
+    if not cfg.ae_titles:
+        raise NodeConfigError("ae_titles is empty; give at least one AE title this node answers to")
+    if not 0 <= cfg.port <= 65535:
+        raise NodeConfigError(f"port {cfg.port} is out of range 0-65535")
+    if (cfg.tls_cert is None) != (cfg.tls_key is None):
+        raise NodeConfigError("tls_cert and tls_key must be given together (or neither)")
+    if not 0 < cfg.max_disk_usage_percent <= 100:
+        raise NodeConfigError("max_disk_usage_percent must be in (0, 100]")
+    return cfg
+
+
+def load_config(path: str | Path) -> NodeConfig:
+    try:
+        with open(path, "rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise NodeConfigError(f"node config file {path} not found; pass --config with an existing TOML file") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise NodeConfigError(f"node config file {path} is not valid TOML: {exc}") from None
+    return parse_config(data)
