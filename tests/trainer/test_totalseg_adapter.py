@@ -66,6 +66,14 @@ RUN = textwrap.dedent(r'''
     direct = totalsegmentator(nib.load(ct), None, task="total", fast=True, roi_subset=our_roi_subset(),
                               device="cpu", quiet=True)
     np.save(out_dir / "direct.npy", np.asarray(direct.dataobj))
+    run_attempts = list(attempts)
+    # Self-check: the guard must catch a real outgoing request (like TotalSegmentator's usage-stats post).
+    import requests
+    try:
+        requests.post("http://backend.totalsegmentator.com/", timeout=2)
+    except Exception:
+        pass
+    guard_caught = len(attempts) > len(run_attempts)
     json.dump({
         "direct_affine": np.asarray(direct.affine).tolist(),
         "input_affine": nib.load(ct).affine.tolist(),
@@ -73,7 +81,7 @@ RUN = textwrap.dedent(r'''
         "same_grid": bool(labels.same_grid(vol)),
         "input_shape": list(vol.shape), "adapter_shape": list(labels.shape),
         "modules": sorted(m for m in sys.modules if m.split(".")[0] in ("torchvision", "timm")),
-        "network_attempts": attempts,
+        "network_attempts": run_attempts, "guard_caught_selfcheck": guard_caught,
     }, open(out_dir / "result.json", "w"))
 ''')
 
@@ -123,6 +131,7 @@ def test_no_torchvision_or_timm_imported(run):
 
 
 def test_no_network_connection_attempted(run):
+    assert run["result"]["guard_caught_selfcheck"]  # the guard works, so an empty list means no attempt
     assert run["result"]["network_attempts"] == []
 
 

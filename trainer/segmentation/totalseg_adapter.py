@@ -108,17 +108,22 @@ class TotalSegmentatorAdapter:
     def segment(self, volume: Volume) -> Volume:
         weights_dir = self.weights_path or default_weights_dir()
         self._check_weights(weights_dir)
-        # TotalSegmentator reads the env var at call time (setup_nnunet), so this is how we pass our folder.
-        os.environ[WEIGHTS_ENV] = str(weights_dir)
         disable_usage_stats()
         register_trainers_without_package_walk()
         from totalsegmentator.python_api import totalsegmentator
 
+        # TotalSegmentator reads the env var at call time (setup_nnunet), so this is how we pass our folder;
+        # restored afterwards so the caller's environment is left as it was.
+        previous = os.environ.get(WEIGHTS_ENV)
+        os.environ[WEIGHTS_ENV] = str(weights_dir)
         try:
             out = totalsegmentator(volume_to_nifti(volume), None, task="total", fast=True,
                                    roi_subset=our_roi_subset(), device=self.device, quiet=True)
-        except SegmentationError:
-            raise
-        except Exception as exc:
-            raise SegmentationError(f"TotalSegmentator failed: {exc}") from exc
+        except Exception as exc:  # nnU-Net/TotalSegmentator raise many types; the admin needs one clear message
+            raise SegmentationError(f"TotalSegmentator failed on this image: {exc}") from exc
+        finally:
+            if previous is None:
+                os.environ.pop(WEIGHTS_ENV, None)
+            else:
+                os.environ[WEIGHTS_ENV] = previous
         return nifti_labels_to_volume(out, volume)
