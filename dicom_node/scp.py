@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
+import re
 import socket
 import ssl
 import threading
@@ -16,6 +17,7 @@ from dicom_node.config import NodeConfig
 from dicom_node.spool import has_room, spool_path, write_atomic
 
 LOG = logging.getLogger("totalfm.node")
+_VALID_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*$")
 STORED_SOP_CLASSES = (CTImageStorage, EnhancedCTImageStorage)
 OUT_OF_RESOURCES = 0xA700
 CANNOT_UNDERSTAND = 0xC000
@@ -165,6 +167,8 @@ class StorageNode:
             return 0x0000  # accepted-and-ignored by config (else the context would not have been accepted)
         try:
             ds = event.dataset
+            for elem in ds.iterall():  # decode every element now: pydicom decodes lazily and defers errors
+                _ = elem.value
             study, series, sop = (str(ds.get(k, "") or "").strip()
                                   for k in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"))
         except Exception as exc:
@@ -175,6 +179,12 @@ class StorageNode:
         if missing:
             LOG.warning("C-STORE refused: missing %s", ", ".join(missing))
             return (CANNOT_UNDERSTAND + 1, "Missing " + ",".join(missing))
+        bad = [n for n, v in (("StudyInstanceUID", study), ("SeriesInstanceUID", series), ("SOPInstanceUID", sop))
+               if not _VALID_UID.match(v)]
+        if bad:
+            # Why: a truncated/garbled stream decodes "successfully" into junk UIDs; never file it under them.
+            LOG.warning("C-STORE refused: invalid %s (dataset garbled or truncated)", ", ".join(bad))
+            return (CANNOT_UNDERSTAND, "Invalid " + ",".join(bad))
         if not has_room(self.spool_root, min_free_bytes=self.config.min_free_bytes,
                         max_usage_percent=self.config.max_disk_usage_percent):
             LOG.error("C-STORE refused: spool disk below reserve/above watermark (out of resources)")

@@ -66,13 +66,15 @@ def test_malformed_dataset_is_refused(node_factory, tmp_path, monkeypatch):
     good.save_as(path, enforce_file_format=True)
     raw = bytearray(path.read_bytes())
     meta_end = 132 + 12 + int.from_bytes(raw[140:144], "little")
-    # A tag claiming a length far beyond the end: cannot be decoded.
-    raw[meta_end:] = bytes.fromhex("08001800" "5549" "ffff") + b"1.2.3" + bytes.fromhex("10001000" "504e" "f0ff") + b"x"
+    # Stream cut inside the StudyInstanceUID value and followed by junk: pydicom decodes it leniently into a
+    # garbage UID, which must be refused rather than filed.
+    at = raw.index(good.StudyInstanceUID.encode(), meta_end) + 10
+    raw[at:] = bytes.fromhex("e07f1000" "4f420000" "f0ffff7f") + b"abc"
     path.write_bytes(bytes(raw))
     assoc = scu().associate("127.0.0.1", node.port, ae_title="TOTALFM")
     rsp = assoc.send_c_store(path)
     assoc.release()
-    assert rsp.Status != 0
+    assert 0xC000 <= rsp.Status <= 0xCFFF and "UID" in rsp.ErrorComment
     assert not list(Path(node.config.spool_dir).rglob("*.dcm"))
     assert db_rows(node.db_path, "select count(*) from instances")[0][0] == 0
 
@@ -150,3 +152,14 @@ def test_aborted_and_concurrent_senders_lose_nothing(node_factory):
     assert set(acked) <= indexed
     for sop in acked:
         assert len(list(Path(node.config.spool_dir).rglob(f"{sop}.dcm"))) == 1
+
+
+def test_garbled_uid_is_refused_not_filed(node_factory):
+    node = node_factory()
+    ds = make_study(1)[0]
+    ds.StudyInstanceUID = "1.2.840.x/../../etc"
+    assoc = scu().associate("127.0.0.1", node.port, ae_title="TOTALFM")
+    rsp = assoc.send_c_store(ds)
+    assoc.release()
+    assert 0xC000 <= rsp.Status <= 0xCFFF and "Invalid StudyInstanceUID" in rsp.ErrorComment
+    assert not list(Path(node.config.spool_dir).rglob("*.dcm"))
