@@ -18,7 +18,6 @@ import pytest
 pytest.importorskip("totalsegmentator")
 
 REPO = Path(__file__).resolve().parents[2]
-CT = Path("/work/shared/data/real-ct/ts_upper_abdomen/ct.nii.gz")
 
 RUN = textwrap.dedent(r'''
     import json, socket, sys
@@ -87,9 +86,8 @@ RUN = textwrap.dedent(r'''
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    if not CT.exists():
-        pytest.skip(f"shared CT {CT} not available")
+def run(tmp_path_factory, real_ct):
+    CT = real_ct / "ts_upper_abdomen" / "ct.nii.gz"  # shared data via the conftest fixture (fails in CI if absent)
     from trainer.segmentation.random_weights import write_random_total_model
 
     root = tmp_path_factory.mktemp("totalseg")
@@ -140,15 +138,13 @@ def test_usage_stats_disabled_in_config(run):
     assert config["send_usage_stats"] is False
 
 
-def test_missing_weights_is_a_clear_error(tmp_path, monkeypatch):
+def test_missing_weights_is_a_clear_error(tmp_path, monkeypatch, real_ct):
     from appliance.errors import SegmentationError
     from appliance.nifti_io import read_nifti
     from trainer.segmentation.totalseg_adapter import TotalSegmentatorAdapter
 
     monkeypatch.setenv("TOTALSEG_HOME_DIR", str(tmp_path / "home"))
-    vol = read_nifti(CT) if CT.exists() else None
-    if vol is None:
-        pytest.skip("shared CT not available")
+    vol = read_nifti(real_ct / "ts_upper_abdomen" / "ct.nii.gz")
     with pytest.raises(SegmentationError, match="TOTALSEG_WEIGHTS_PATH") as info:
         TotalSegmentatorAdapter(tmp_path / "empty").segment(vol)
     assert "Dataset297_TotalSegmentator_total_3mm_1559subj" in str(info.value)
