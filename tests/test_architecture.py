@@ -60,3 +60,12 @@ def test_cli_lists_subcommands():
     assert "volume-info" in out.stdout and "DRAFT for radiologist" in out.stdout
     bad = subprocess.run([sys.executable, "-m", "appliance.cli", "no-such-command"], capture_output=True, text=True, cwd=ROOT)
     assert bad.returncode != 0 and "unknown" in bad.stderr
+
+
+def test_train_subcommands_dispatch(tmp_path):
+    report = tmp_path / "r.txt"
+    report.write_text("FINDINGS:\nLiver: Hepatic steatosis. No gallstones.\n")
+    out = subprocess.run([sys.executable, "-m", "appliance.cli", "train", "parse-report", str(report)],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert "hepatic_steatosis" in out.stdout and "negated" in out.stdout
