@@ -302,15 +302,15 @@ def build_volume(s: SeriesInfo, *, fill_missing: bool = False) -> Volume:
                 f"{kind}: expected a slice every {step:.2f} mm but found gaps {where}; the series is incomplete "
                 f"(resend it) or irregular")
 
-    slices = [_pixels_hu(_full_dataset(dss[i], s.sources[i]), name(i)) for i in idx]
-    if fill_at:
-        out = []
-        for k, sl in enumerate(slices):
-            out.append(sl)
-            if k in fill_at:
-                out.append((sl + slices[k + 1]) / 2)
-        slices = out
-    arr = np.stack(slices)
+    # Fill a preallocated array slice by slice: peak memory ~ one volume, not a list of slices plus its stack.
+    rows, cols = sizes.pop()
+    arr = np.empty((len(idx) + len(fill_at), rows, cols), dtype=np.float32)
+    z = 0
+    for k, i in enumerate(idx):
+        arr[z] = _pixels_hu(_full_dataset(dss[i], s.sources[i]), name(i))
+        if k - 1 in fill_at:  # the slice before this one was followed by a one-slice gap
+            arr[z - 1] = (arr[z - 2] + arr[z]) / 2
+        z += 1 + (k in fill_at)
     ps = [float(v) for v in dss[0].PixelSpacing]  # (row spacing, column spacing)
     direction = np.stack([normal, col_dir, row_dir], axis=1)
     first = dss[idx[0]]

@@ -187,6 +187,8 @@ def test_missing_slice_rejected_or_filled_by_option(tmp_path):
         read_series(tmp_path / "s")
     v = read_series(tmp_path / "s", fill_missing=True)
     assert v.shape[0] == 6 and any("interpolated 1" in n for n in v.meta["reader_notes"])
+    assert np.allclose(v.array[3], (v.array[2] + v.array[4]) / 2)  # the gap slice, linearly interpolated
+    assert not np.allclose(v.array[2], v.array[4])
 
 
 def test_gantry_tilt_rejected(tmp_path):
