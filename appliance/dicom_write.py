@@ -22,6 +22,7 @@ COMPRESSIONS = {
     True: "1.2.840.10008.1.2.4.90",  # JPEG 2000 lossless, the default lossless choice
     "rle": "1.2.840.10008.1.2.5",
     "jpeg2000": "1.2.840.10008.1.2.4.90",
+    "jpegls": "1.2.840.10008.1.2.4.80",  # JPEG-LS lossless (pyjpegls)
 }
 
 
@@ -40,7 +41,7 @@ def write_ct_series(
 ) -> list[Path]:
     """Write one file per slice into ``out_dir`` and return the paths (slice order = array axis 0).
 
-    ``compress``: None (explicit VR little endian), "rle" (RLE lossless) or "jpeg2000"/True (JPEG 2000 lossless;
+    ``compress``: None (explicit VR little endian), "rle" (RLE lossless), "jpegls" (JPEG-LS lossless) or "jpeg2000"/True (JPEG 2000 lossless;
     openjpeg needs images of at least 32 pixels per side with its default 6 resolution levels).
     """
     import pydicom

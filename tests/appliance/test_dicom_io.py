@@ -98,7 +98,7 @@ def test_round_trip_volume_dicom_volume_nifti_volume(tmp_path):
     # non-canonical: axis 0 runs head->feet, axis 2 runs left->right
     direction = np.array([[0, 0, -1], [0, 1, 0], [-1, 0, 0]], dtype=float)
     src = Volume(arr, (2.5, 0.7, 0.9), (10.0, -20.0, 30.0), direction)
-    for compress in (None, "rle", "jpeg2000"):
+    for compress in (None, "rle", "jpeg2000", "jpegls"):
         files = write_ct_series(src, tmp_path / f"dcm_{compress}", compress=compress)
         assert len(files) == 9
         back = read_series(tmp_path / f"dcm_{compress}")
