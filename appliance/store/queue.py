@@ -163,9 +163,7 @@ class QueueMixin:
     # --- admin actions (audited) ----------------------------------------------------------------------------------
     def retry_job(self, job_id: int, *, actor: str) -> None:
         with self.session() as s:
-            job = s.get(JobRow, job_id)
-            if job is None:
-                raise StoreError(f"job {job_id} does not exist")
+            job = _existing_job(s, job_id)
             if job.state not in (JobState.FAILED, JobState.CANCELLED):
                 raise StoreError(f"job {job_id} is {job.state}; only failed or cancelled jobs can be retried")
             job.state, job.attempts, job.not_before, job.finished_at = JobState.PENDING, 0, utcnow(), None
@@ -173,9 +171,7 @@ class QueueMixin:
 
     def cancel_job(self, job_id: int, *, actor: str) -> None:
         with self.session() as s:
-            job = s.get(JobRow, job_id)
-            if job is None:
-                raise StoreError(f"job {job_id} does not exist")
+            job = _existing_job(s, job_id)
             if job.state not in (JobState.PENDING, JobState.RUNNING):
                 raise StoreError(f"job {job_id} is {job.state}; only pending or running jobs can be cancelled")
             job.state, job.finished_at, job.lease_owner, job.lease_expires_at = JobState.CANCELLED, utcnow(), None, None
@@ -186,3 +182,11 @@ class QueueMixin:
             job_id = self._enqueue(s, study_uid, reason=reason, max_attempts=None)
             self._audit(s, "study_reanalyse", actor=actor, detail={"study_uid": study_uid, "job_id": job_id})
             return job_id
+
+
+def _existing_job(session, job_id: int) -> JobRow:
+    """The job row, or a StoreError an admin can read (admin actions name jobs by id)."""
+    job = session.get(JobRow, job_id)
+    if job is None:
+        raise StoreError(f"job {job_id} does not exist")
+    return job
