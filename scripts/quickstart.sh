@@ -11,7 +11,7 @@ OUT=${TOTALFM_DEMO_DIR:-var/quickstart}
 echo "== the shared real CT series, as the appliance reads it"
 .venv/bin/totalfm volume-info "$SHARED/real-ct/ts_dicom_series/dicom"
 echo "== one synthetic study with known findings (DICOM + NIfTI + report + truth + preview)"
-.venv/bin/totalfm synth --n 1 --kind real-backed --data-dir "$SHARED" --out "$OUT" --seed 7 --preview
+.venv/bin/totalfm synth --n 1 --kind real-backed --data-dir "$SHARED" --out "$OUT" --seed 4 --preview  # seed 4: aortic aneurysm + atherosclerosis
 echo "== its report (written from the known truth):"
 cat "$OUT"/study_00000/report.txt
 echo "== preview montage: $OUT/study_00000/preview.png"
