@@ -127,6 +127,9 @@ class Analysis(Base):
     bundle_id: Mapped[str | None] = mapped_column(String(128))
     backend: Mapped[str | None] = mapped_column(String(64))
     timings: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    # Files the analysis left on disk, by role, e.g. {"labels": ".../labels.nii.gz"} (organ label map on the analysed
+    # series' grid, read by the DICOM node to write the SEG). Paths, not blobs: the database stays small.
+    artifacts: Mapped[dict[str, Any] | None] = mapped_column(JSON)
     created_at: Mapped[dt.datetime] = mapped_column(DateTime)
     organ_results: Mapped[list[OrganResultRow]] = relationship(back_populates="analysis")
     findings: Mapped[list[FindingRow]] = relationship(back_populates="analysis")

@@ -131,7 +131,7 @@ class QueueMixin:
             job = self._held_job(s, job_id, worker_id)
             analysis = Analysis(study_id=job.study_id, version=job.analysis_version, job_id=job.id,
                                 series_uid=result.series_uid, bundle_id=result.bundle_id, backend=result.backend,
-                                timings=result.timings, created_at=now)
+                                timings=result.timings, artifacts=result.artifacts, created_at=now)
             s.add(analysis)
             s.flush()
             for o in result.organs:

@@ -50,6 +50,7 @@ class AnalysisResult:
     bundle_id: str | None = None
     backend: str | None = None
     timings: dict[str, float] | None = None
+    artifacts: dict[str, str] | None = None  # role -> file path, e.g. {"labels": ".../labels.nii.gz"}
 
 
 def embedding_from_bytes(data: bytes, dim: int) -> np.ndarray:

@@ -190,7 +190,7 @@ class Store(QueueMixin, DeliveryMixin):
             report = (ReportDraft(a.report.draft_text, a.report.structured, a.report.model_ids)
                       if a.report else None)
             return a.id, a.version, AnalysisResult(organs, findings, report, a.series_uid, a.bundle_id, a.backend,
-                                                   a.timings)
+                                                   a.timings, a.artifacts)
 
     def job_counts(self) -> dict[str, int]:
         with self.read_session() as s:
