@@ -35,9 +35,19 @@ class NodeConfig:
     tls_cert: str | None = None
     tls_key: str | None = None
     destinations: dict = dataclasses.field(default_factory=dict)  # name -> "AE@host:port"
+    # Results back to PACS (SR + SEG for every analysis, to every destination); see docs/results/dicom.md.
+    send_results: bool = True
+    results_dir: str = ""  # where the SR/SEG files are written before sending; "" = <spool_dir>/results
+    delivery_poll_seconds: float = 2.0
+    delivery_retry_base_seconds: float = 60.0  # backoff doubles per failed attempt, capped at 6 h
+    delivery_max_attempts: int = 10
+    tls_destinations: tuple[str, ...] = ()  # destination names reached over TLS (C-STORE and echo)
+    tls_ca_file: str | None = None  # CA bundle that signs those destinations' certificates (else the system store)
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(NodeConfig)}
+# Tables of the same site file that other components own (appliance/config.py reads [worker]); the node skips them.
+FOREIGN_TABLES = ("worker",)
 
 
 def _check_ae(key: str, ae: object) -> str:
@@ -47,13 +57,18 @@ def _check_ae(key: str, ae: object) -> str:
 
 
 def parse_config(data: dict) -> NodeConfig:
+    data = {k: v for k, v in data.items() if k not in FOREIGN_TABLES}
     unknown = sorted(set(data) - set(_FIELDS))
     if unknown:
         raise NodeConfigError(f"unknown key(s) {unknown} in node config; allowed keys: {sorted(_FIELDS)}")
     values: dict = {}
     for key, raw in data.items():
         default = _FIELDS[key].default
-        if key in ("ae_titles", "allowed_calling_aes"):
+        if key == "tls_destinations":
+            if not isinstance(raw, list) or not all(isinstance(v, str) for v in raw):
+                raise NodeConfigError(f"{key} must be a list of destination names, e.g. {key} = [\"pacs\"]")
+            values[key] = tuple(raw)
+        elif key in ("ae_titles", "allowed_calling_aes"):
             if isinstance(raw, str):
                 raw = [raw]
             if not isinstance(raw, list):
@@ -63,7 +78,7 @@ def parse_config(data: dict) -> NodeConfig:
             if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
                 raise NodeConfigError(f"[{key}] must be a table of strings")
             values[key] = dict(raw)
-        elif key in ("tls_cert", "tls_key"):
+        elif key in ("tls_cert", "tls_key", "tls_ca_file"):
             if not isinstance(raw, str) or not Path(raw).is_file():
                 raise NodeConfigError(f"{key} = {raw!r}: file not found; give the path of the PEM file")
             values[key] = raw
@@ -88,6 +103,12 @@ def parse_config(data: dict) -> NodeConfig:
         raise NodeConfigError(f"port {cfg.port} is out of range 0-65535")
     if (cfg.tls_cert is None) != (cfg.tls_key is None):
         raise NodeConfigError("tls_cert and tls_key must be given together (or neither)")
+    unknown_tls = sorted(set(cfg.tls_destinations) - set(cfg.destinations))
+    if unknown_tls:
+        raise NodeConfigError(f"tls_destinations names {unknown_tls} that are not in [destinations] "
+                              f"({sorted(cfg.destinations)})")
+    if cfg.delivery_max_attempts < 1:
+        raise NodeConfigError("delivery_max_attempts must be at least 1")
     if not 0 < cfg.max_disk_usage_percent <= 100:
         raise NodeConfigError("max_disk_usage_percent must be in (0, 100]")
     return cfg
@@ -102,3 +123,7 @@ def load_config(path: str | Path) -> NodeConfig:
     except tomllib.TOMLDecodeError as exc:
         raise NodeConfigError(f"node config file {path} is not valid TOML: {exc}") from None
     return parse_config(data)
+
+
+def results_dir(config: NodeConfig) -> Path:
+    return Path(config.results_dir) if config.results_dir else Path(config.spool_dir) / "results"

@@ -46,8 +46,9 @@ class StorageNode:
         ae.maximum_associations = c.max_associations
         ae.acse_timeout, ae.dimse_timeout, ae.network_timeout = c.acse_timeout, c.dimse_timeout, c.network_timeout
         ae.maximum_pdu_size = c.max_pdu
-        # pynetdicom compares the called AE with one title only; with several configured we check them ourselves.
-        ae.require_called_aet = len(c.ae_titles) == 1
+        # pynetdicom compares the called AE with the acceptor's one title; with several configured, _on_requested sets
+        # the acceptor's title to the called one when it is ours, so an unknown one gets a proper A-ASSOCIATE-RJ (0x07).
+        ae.require_called_aet = True
         if c.allowed_calling_aes:
             ae.require_calling_aet = list(c.allowed_calling_aes)
         ae.add_supported_context(Verification, ALL_TRANSFER_SYNTAXES)
@@ -71,7 +72,7 @@ class StorageNode:
         handlers = [
             (evt.EVT_C_ECHO, self._on_echo), (evt.EVT_C_STORE, self._on_store),
             (evt.EVT_CONN_OPEN, self._on_conn_open), (evt.EVT_CONN_CLOSE, self._on_conn_close),
-            (evt.EVT_ACCEPTED, self._on_accepted), (evt.EVT_RELEASED, self._on_end("released")),
+            (evt.EVT_REQUESTED, self._on_requested), (evt.EVT_RELEASED, self._on_end("released")),
             (evt.EVT_ABORTED, self._on_end("aborted")), (evt.EVT_REJECTED, self._on_end("rejected")),
         ]
         self.server = self.ae.start_server((self.config.bind_address, self.config.port), block=False,
@@ -100,21 +101,23 @@ class StorageNode:
             self._assocs[id(event.assoc)] = {"started_at": _now(), "n_received": 0, "n_failed": 0, "status": None,
                                              "host": event.address[0]}
 
-    def _on_accepted(self, event) -> None:
+    def _on_requested(self, event) -> None:
+        """A-ASSOCIATE-RQ received, before negotiation: answer for the called title if it is ours; refuse a calling AE
+        from the wrong host with a proper A-ASSOCIATE-RJ (calling AE not recognised) instead of an abort."""
         assoc = event.assoc
-        calling, called = assoc.requestor.ae_title.strip(), assoc.acceptor.primitive.called_ae_title.strip() \
-            if assoc.acceptor.primitive else assoc.acceptor.ae_title.strip()
+        rq = assoc.requestor.primitive
+        calling, called = str(rq.calling_ae_title).strip(), str(rq.called_ae_title).strip()
+        if called in self.config.ae_titles:
+            assoc.acceptor.ae_title = called
         required_host = self.config.allowed_hosts.get(calling)
         if required_host and required_host != event.address[0]:
-            LOG.warning("aborting association from %s: host %s is not the configured host for this AE", calling,
+            LOG.warning("rejecting association from %s: host %s is not the configured host for this AE", calling,
                         event.address[0])
             self._info(assoc)["status"] = "host-refused"
-            assoc.abort()
-            return
-        if len(self.config.ae_titles) > 1 and called not in self.config.ae_titles:
-            LOG.warning("aborting association from %s: called AE %s is not one of ours", calling, called)
-            self._info(assoc)["status"] = "called-ae-refused"
-            assoc.abort()
+            assoc.acse.send_reject(0x01, 0x01, 0x03)
+            assoc.is_rejected = True
+            evt.trigger(assoc, evt.EVT_REJECTED, {})
+            assoc.kill()
 
     def _info(self, assoc) -> dict:
         with self._lock:
@@ -185,6 +188,10 @@ class StorageNode:
             # Why: a truncated/garbled stream decodes "successfully" into junk UIDs; never file it under them.
             LOG.warning("C-STORE refused: invalid %s (dataset garbled or truncated)", ", ".join(bad))
             return (CANNOT_UNDERSTAND, "Invalid " + ",".join(bad))
+        problem = _pixel_data_problem(ds, event.context.transfer_syntax)
+        if problem:
+            LOG.warning("C-STORE refused: %s", problem)
+            return (CANNOT_UNDERSTAND, problem)
         if not has_room(self.spool_root, min_free_bytes=self.config.min_free_bytes,
                         max_usage_percent=self.config.max_disk_usage_percent):
             LOG.error("C-STORE refused: spool disk below reserve/above watermark (out of resources)")
@@ -204,6 +211,31 @@ class StorageNode:
             LOG.error("C-STORE failed while spooling/indexing: %s", type(exc).__name__)
             return (PROCESSING_FAILURE, f"Storage failure: {type(exc).__name__}")
         return 0x0000
+
+
+def _pixel_data_problem(ds, transfer_syntax) -> str | None:
+    """Why the pixel data cannot be whole, or None. Native syntaxes: the value must hold every frame's bytes (a
+    truncated stream otherwise decodes "successfully" into a short image). Encapsulated: the fragments must parse."""
+    if "PixelData" not in ds:
+        return None
+    try:
+        data = ds.PixelData
+        syntax = UID(str(transfer_syntax))
+        if syntax.is_encapsulated:
+            from pydicom.encaps import generate_fragments
+            if not any(len(f) for f in generate_fragments(data)):
+                return "PixelData has no fragments"
+            return None
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        bits = int(ds.BitsAllocated)
+        spp = int(ds.get("SamplesPerPixel", 1) or 1)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except Exception as exc:
+        return f"PixelData cannot be checked ({type(exc).__name__})"
+    expected = (rows * cols * spp * frames * bits + 7) // 8
+    if len(data) < expected:
+        return f"PixelData truncated ({len(data)} of {expected} bytes)"
+    return None
 
 
 def _str(ds, key: str) -> str | None:
