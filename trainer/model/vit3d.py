@@ -1,0 +1,181 @@
+"""3D ViT organ encoder: ONE shared backbone over all organ crops + a learned organ embedding.
+
+Input ``crop`` float32 ``[B, 1, d, h, w]`` (from :func:`appliance.preprocess.encoder_input`), ``organ_index`` int64
+``[B]`` (0-based index into ``appliance.ontology.ORGANS``). The crop is cut into tubelets (``t`` slices along z by
+``p x p`` pixels) by a strided Conv3d, a learned positional embedding and the organ embedding are added to every
+token, a CLS token is prepended, pre-norm transformer blocks follow, and the CLS output is the feature. The
+projection head maps it into the shared image-text space and L2-normalises.
+
+Only static-shape ops (no data-dependent control flow), so ``torch.onnx.export(dynamo=True, opset 18)`` works with a
+dynamic batch axis.
+
+Why one shared backbone and not 16 encoders: 16x fewer parameters (the tiny demo encoder: ~0.8 M vs ~13 M), every
+organ's crops train the same weights (the small organs - adrenals, gallbladder - see 16x more gradient steps), and
+one ONNX graph serves every organ in a single batched call. The organ embedding tells the shared model which organ it
+is looking at (crops are already organ-specific, so this mostly sets the organ's "normal" baseline).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+N_ORGANS_DEFAULT = 16
+
+
+@dataclass
+class ViTConfig:
+    input_shape: tuple[int, int, int] = (16, 64, 64)  # (d, h, w) encoder input grid
+    tubelet: tuple[int, int, int] = (4, 8, 8)  # (t, p, p) tokens = prod(input_shape / tubelet)
+    dim: int = 128
+    depth: int = 4
+    heads: int = 4
+    mlp_ratio: float = 4.0
+    embed_dim: int = 128  # shared image-text space
+    n_organs: int = N_ORGANS_DEFAULT
+    organ_embedding: bool = True  # False: plain shared backbone (ablation)
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        self.input_shape = tuple(int(v) for v in self.input_shape)
+        self.tubelet = tuple(int(v) for v in self.tubelet)
+        for n, t in zip(self.input_shape, self.tubelet):
+            if n % t:
+                raise ValueError(f"input_shape {self.input_shape} is not divisible by tubelet {self.tubelet}")
+        if self.dim % self.heads:
+            raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
+
+    @property
+    def grid(self) -> tuple[int, int, int]:
+        return tuple(n // t for n, t in zip(self.input_shape, self.tubelet))  # type: ignore[return-value]
+
+    @property
+    def n_tokens(self) -> int:
+        g = self.grid
+        return g[0] * g[1] * g[2]
+
+    @property
+    def patch_voxels(self) -> int:
+        return self.tubelet[0] * self.tubelet[1] * self.tubelet[2]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ViTConfig":
+        known = {k: v for k, v in d.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+SIZES: dict[str, dict] = {
+    "tiny": dict(dim=128, depth=4, heads=4),
+    "small": dict(dim=384, depth=12, heads=6),
+    "base": dict(dim=768, depth=12, heads=12),
+}
+
+
+def config_for(size: str = "tiny", **overrides) -> ViTConfig:
+    if size not in SIZES:
+        raise ValueError(f"unknown encoder size {size!r}; choose one of {', '.join(SIZES)}")
+    return ViTConfig(**(SIZES[size] | overrides))
+
+
+class Attention(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads = heads
+        self.scale = (dim // heads) ** -0.5
+        self.qkv = nn.Linear(dim, dim * 3)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, c = x.shape
+        qkv = self.qkv(x).reshape(b, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv[0], qkv[1], qkv[2]
+        attn = torch.softmax((q @ k.transpose(-2, -1)) * self.scale, dim=-1)
+        out = (attn @ v).transpose(1, 2).reshape(b, n, c)
+        return self.proj(out)
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0, dropout: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        hidden = int(dim * mlp_ratio)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim))
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class OrganViT(nn.Module):
+    """Backbone: ``features(crop, organ_index) -> [B, dim]``; ``tokens(...)`` for the MAE (visible subset)."""
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.patch = nn.Conv3d(1, cfg.dim, kernel_size=cfg.tubelet, stride=cfg.tubelet)
+        self.pos = nn.Parameter(torch.zeros(1, cfg.n_tokens, cfg.dim))
+        self.cls = nn.Parameter(torch.zeros(1, 1, cfg.dim))
+        self.organ = nn.Embedding(cfg.n_organs, cfg.dim)
+        self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.mlp_ratio, cfg.dropout) for _ in range(cfg.depth))
+        self.norm = nn.LayerNorm(cfg.dim)
+        nn.init.trunc_normal_(self.pos, std=0.02)
+        nn.init.trunc_normal_(self.cls, std=0.02)
+        nn.init.normal_(self.organ.weight, std=0.02)
+        if not cfg.organ_embedding:
+            self.organ.weight.data.zero_()
+            self.organ.weight.requires_grad_(False)
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(m):
+        if isinstance(m, nn.Linear):
+            nn.init.xavier_uniform_(m.weight)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.LayerNorm):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+    def embed(self, crop: torch.Tensor) -> torch.Tensor:
+        """[B,1,d,h,w] -> patch tokens [B, N, dim] with positional embedding (no organ, no CLS)."""
+        x = self.patch(crop).flatten(2).transpose(1, 2)
+        return x + self.pos
+
+    def encode_tokens(self, x: torch.Tensor, organ_index: torch.Tensor) -> torch.Tensor:
+        """tokens [B, n, dim] (all or a visible subset) -> normed [B, 1 + n, dim] (CLS first)."""
+        o = self.organ(organ_index).unsqueeze(1)
+        x = x + o
+        cls = self.cls.expand(x.shape[0], -1, -1) + o
+        x = torch.cat([cls, x], dim=1)
+        for blk in self.blocks:
+            x = blk(x)
+        return self.norm(x)
+
+    def forward(self, crop: torch.Tensor, organ_index: torch.Tensor) -> torch.Tensor:
+        return self.encode_tokens(self.embed(crop), organ_index)[:, 0]
+
+
+class OrganEncoder(nn.Module):
+    """Backbone + projection head -> L2-normalised embedding ``[B, embed_dim]`` (the exported graph)."""
+
+    def __init__(self, cfg: ViTConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.backbone = OrganViT(cfg)
+        self.head = nn.Sequential(nn.Linear(cfg.dim, cfg.dim), nn.GELU(), nn.Linear(cfg.dim, cfg.embed_dim))
+
+    def forward(self, crop: torch.Tensor, organ_index: torch.Tensor) -> torch.Tensor:
+        z = self.head(self.backbone(crop, organ_index))
+        return F.normalize(z, dim=-1)
+
+
+def param_count(m: nn.Module) -> int:
+    return sum(p.numel() for p in m.parameters())
