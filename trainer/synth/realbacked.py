@@ -46,6 +46,21 @@ def resolve_data_dir(data_dir: str | Path | None) -> Path:
 
 # the real DICOM series (contrast enhanced, portal venous), read through the appliance's DICOM reader once present
 DICOM_SOURCE = ("ts_dicom_series", "dicom", "seg_totalsegmentator_fast.nii.gz", "portal_venous")
+# Which real patient each source is (never put one patient on both sides of a split): the two NIfTI scans are one
+# patient (the upper-abdomen scan is a slab of the abdomen-pelvis one), the DICOM series is another.
+SOURCE_PATIENT = {"ts_abdomen_pelvis": "A", "ts_upper_abdomen": "A", DICOM_SOURCE[0]: "B"}
+PATIENTS = ("A", "B")
+
+
+def source_patient(source: str | None) -> str | None:
+    """"A" / "B" for a real-backed source name, None otherwise (analytic)."""
+    return SOURCE_PATIENT.get(str(source)) if source else None
+
+
+def sources_of_patient(patient: str) -> list[str]:
+    if patient not in PATIENTS:
+        raise VolumeFormatError(f"unknown source patient {patient!r}; use one of {', '.join(PATIENTS)}")
+    return [s for s in available_sources() if SOURCE_PATIENT.get(s) == patient]
 
 
 def available_sources() -> list[str]:
@@ -77,7 +92,14 @@ def load_source(data_dir: str, name: str):
 
 def build_real_backed(rng: np.random.Generator, *, data_dir, phase: str, age: int, source: str | None = None,
                       shape=None, spacing=None, elastic_mm: float = 6.0) -> Phantom:
+    """``source``: a source name, a patient ("A" or "B": one of that patient's sources, drawn from ``rng``), or None
+    (any available source, drawn from ``rng``: the original behaviour, so old seeds give the same studies)."""
     data_dir = str(resolve_data_dir(data_dir))
+    if source in PATIENTS:
+        choices = sources_of_patient(source)
+        if not choices:
+            raise VolumeFormatError(f"no real CT source of patient {source} is available")
+        source = str(rng.choice(choices))
     source = source or str(rng.choice(available_sources()))
     if source not in available_sources():
         raise VolumeFormatError(f"unknown or unavailable real CT source {source!r}; available: "
@@ -131,4 +153,4 @@ def build_real_backed(rng: np.random.Generator, *, data_dir, phase: str, age: in
     sex = "male" if (labels == TS["prostate"]).any() else ("female" if (labels == TS["urinary_bladder"]).any()
                                                            else "unknown")
     return Phantom(hu, labels, grid, sex=sex, phase=phase, age=age, kind="real-backed",
-                   meta={"source": source, "wall_mm": 25.0})
+                   meta={"source": source, "source_patient": SOURCE_PATIENT.get(source), "wall_mm": 25.0})
