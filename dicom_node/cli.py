@@ -1,4 +1,5 @@
-"""`totalfm node [--config FILE]` runs the SCP in the foreground; `totalfm node echo DEST` C-ECHOes a peer."""
+"""`totalfm node [--config FILE]` runs the SCP (plus study assembly and the SR/SEG sender) in the foreground;
+`totalfm node echo DEST` C-ECHOes a peer (TLS when configured); `totalfm node send` runs one delivery round."""
 from __future__ import annotations
 
 import argparse
@@ -24,21 +25,27 @@ def parse_destination(dest: str, config: NodeConfig) -> tuple[str, str, int]:
 
 
 def echo(dest: str, config: NodeConfig) -> int:
-    from pynetdicom import AE
+    """C-ECHO a destination, over TLS when it is listed in tls_destinations (as the result sender would reach it)."""
     from pynetdicom.sop_class import Verification
-    ae_title, host, port = parse_destination(dest, config)
-    ae = AE(ae_title=config.ae_titles[0])
-    ae.acse_timeout = ae.network_timeout = min(config.acse_timeout, 30)
-    ae.add_requested_context(Verification)
-    assoc = ae.associate(host, port, ae_title=ae_title)
+    from dicom_node.delivery import associate
+    assoc, where = associate(config, dest, [Verification])
     if not assoc.is_established:
-        print(f"C-ECHO {ae_title}@{host}:{port}: association failed (rejected, aborted or unreachable)")
+        print(f"C-ECHO {where}: association failed (rejected, aborted or unreachable)")
         return 1
     status = assoc.send_c_echo()
     assoc.release()
     code = getattr(status, "Status", None)
-    print(f"C-ECHO {ae_title}@{host}:{port}: " + ("success" if code == 0 else f"failed (status {code})"))
+    print(f"C-ECHO {where}: " + ("success" if code == 0 else f"failed (status {code})"))
     return 0 if code == 0 else 1
+
+
+def send_once(config: NodeConfig) -> int:
+    """One delivery round (plan, build, send due SR/SEG); what the node's sender thread does every few seconds."""
+    from appliance.store import open_store
+    from dicom_node.delivery import ResultSender
+    stats = ResultSender(config, open_store(config.store_url)).run_once()
+    print(f"deliveries: {stats.planned} planned, {stats.sent} sent, {stats.failed} failed (will retry)")
+    return 0 if stats.failed == 0 else 1
 
 
 def run_node(config: NodeConfig) -> int:
@@ -51,6 +58,11 @@ def run_node(config: NodeConfig) -> int:
     print(f"listening port {node.port}", flush=True)
     assembly = AssemblyThread(store, config.quiet_seconds, config.assembly_poll_seconds)
     assembly.start()
+    sender = None
+    if config.send_results and config.destinations:
+        from dicom_node.delivery import SenderThread
+        sender = SenderThread(config, store)
+        sender.start()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -58,6 +70,8 @@ def run_node(config: NodeConfig) -> int:
     logging.getLogger("totalfm.node").info("shutting down: no new associations, finishing in-flight ones")
     node.stop()
     assembly.stop()
+    if sender is not None:
+        sender.stop()
     return 0
 
 
@@ -67,7 +81,7 @@ def main(argv: list[str]) -> int:
     logging.getLogger("pynetdicom").setLevel(logging.WARNING)
     p = argparse.ArgumentParser(prog="totalfm node", description=__doc__)
     p.add_argument("--config", help="node TOML config file (defaults used when omitted)")
-    p.add_argument("action", nargs="?", choices=["run", "echo"], default="run")
+    p.add_argument("action", nargs="?", choices=["run", "echo", "send"], default="run")
     p.add_argument("dest", nargs="?", help="for echo: configured destination name or AE@host:port")
     args = p.parse_args(argv)
     try:
@@ -76,6 +90,8 @@ def main(argv: list[str]) -> int:
             if not args.dest:
                 p.error("echo needs DEST (a configured destination name or AE@host:port)")
             return echo(args.dest, config)
+        if args.action == "send":
+            return send_once(config)
         return run_node(config)
     except TotalFMError as exc:
         print(f"error: {exc}", file=sys.stderr)
