@@ -78,6 +78,7 @@ class FindingSpec:
     neg_index: list[int]
     positive_prompts: list[str] = field(default_factory=list)
     negative_prompts: list[str] = field(default_factory=list)
+    organs: list[str] = field(default_factory=list)  # every organ crop it is scored in (first == organ)
 
 
 @dataclass(frozen=True)
@@ -176,6 +177,7 @@ class Bundle:
                 pos_index=[int(i) for i in f["pos_index"]], neg_index=[int(i) for i in f["neg_index"]],
                 positive_prompts=list(f.get("positive_prompts", [])),
                 negative_prompts=list(f.get("negative_prompts", [])),
+                organs=list(f.get("organs") or [f["organ"]]),
             )
             for f in self.manifest["findings"]
         ]

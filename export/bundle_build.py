@@ -1,0 +1,247 @@
+"""Write a model bundle (format: appliance/bundle.py) from torch modules.
+
+build_bundle(out_dir, segmentation=(module, preprocessing), organ_encoder=(module, meta),
+             text_encoder=(module, tokenizer_json, max_length), thresholds=..., logit_scale=..., provenance=...)
+
+Every model is exported with the dynamo exporter (opset 18, dynamic batch), optimised by ONNX Runtime, and checked
+against torch on the inputs given in `parity_inputs` (real crops in `totalfm export bundle`); a failed parity check
+raises ParityError and nothing is written. Prompt embeddings of every finding's positive and negative prompts are
+computed at export time with the EXPORTED text encoder (the same ONNX graph the appliance runs for free-text queries),
+so prompt and query embeddings live in the same space bit-for-bit.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import shutil
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from appliance import ontology
+from appliance.bundle import FORMAT, FORMAT_VERSION, load_bundle, write_manifest
+from export import parity as _parity
+from export.onnx_export import export_onnx, io_signature, ort_session
+
+SEG_FILE = "models/segmentation.onnx"
+ENC_FILE = "models/organ_encoder.onnx"
+TXT_FILE = "models/text_encoder.onnx"
+TOKENIZER_FILE = "text/tokenizer.json"
+PROMPTS_FILE = "prompts/prompt_embeddings.npy"
+
+
+def git_commit() -> str:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                              cwd=Path(__file__).resolve().parent).stdout.strip()
+    except Exception:  # not a checkout (installed wheel)
+        return "unknown"
+
+
+def load_tokenizer(tokenizer_json: str | Path, max_length: int):
+    """tokenizers.Tokenizer with truncation at max_length and padding to the longest text of a batch."""
+    from tokenizers import Tokenizer
+
+    tok = Tokenizer.from_file(str(tokenizer_json))
+    tok.enable_truncation(max_length=max_length)
+    pad_id = tok.token_to_id("[PAD]")
+    tok.enable_padding(pad_id=0 if pad_id is None else pad_id, pad_token="[PAD]")
+    return tok
+
+
+def tokenize(tokenizer, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """-> input_ids int64 [B,T], attention_mask int64 [B,T] (appliance.text does the same with the bundle's file)."""
+    enc = tokenizer.encode_batch(list(texts))
+    ids = np.array([e.ids for e in enc], dtype=np.int64)
+    mask = np.array([e.attention_mask for e in enc], dtype=np.int64)
+    return ids, mask
+
+
+def text_embeddings(session, tokenizer, texts: list[str], batch: int = 32) -> np.ndarray:
+    out = []
+    for i in range(0, len(texts), batch):
+        ids, mask = tokenize(tokenizer, texts[i:i + batch])
+        out.append(session.run(["embedding"], {"input_ids": ids, "attention_mask": mask})[0])
+    e = np.concatenate(out).astype(np.float32)
+    return e / np.maximum(np.linalg.norm(e, axis=1, keepdims=True), 1e-12)
+
+
+def prompt_table() -> tuple[list[str], list[dict]]:
+    """Unique prompt list and per-finding rows with pos_index/neg_index into it (ontology order)."""
+    prompts: list[str] = []
+    index: dict[str, int] = {}
+
+    def idx(p: str) -> int:
+        if p not in index:
+            index[p] = len(prompts)
+            prompts.append(p)
+        return index[p]
+
+    rows = []
+    for f in ontology.FINDINGS:
+        rows.append({
+            "name": f.name, "organ": f.organs[0], "organs": list(f.organs),
+            "positive_prompts": list(f.positive_prompts), "negative_prompts": list(f.negative_prompts),
+            "pos_index": [idx(p) for p in f.positive_prompts], "neg_index": [idx(p) for p in f.negative_prompts],
+            "any_abnormality": f.any_abnormality,
+        })
+    return prompts, rows
+
+
+def _random_batches(kind: str, shape: list[int], n_organs: int = len(ontology.ORGANS), seed: int = 0):
+    rng = np.random.default_rng(seed)
+    if kind == "segmentation":
+        return [{"image": rng.standard_normal((2, 1, *shape)).astype(np.float32)}]
+    return [{"crop": rng.random((2, 1, *shape), dtype=np.float32),
+             "organ_index": rng.integers(0, n_organs, 2).astype(np.int64)}]
+
+
+def build_bundle(
+    out_dir: str | Path,
+    *,
+    segmentation: tuple[Any, dict] | None,
+    organ_encoder: tuple[Any, dict],
+    text_encoder: tuple[Any, str | Path, int],
+    thresholds: dict[str, float] | float = 0.5,
+    logit_scale: float,
+    provenance: dict | None = None,
+    bundle_id: str | None = None,
+    bundle_version: str = "1",
+    parity_inputs: dict[str, list[dict[str, np.ndarray]]] | None = None,
+    overwrite: bool = False,
+    log: Callable[[str], None] = lambda s: None,
+) -> Path:
+    """Export the modules, check parity, compute prompt embeddings and write a verified bundle into out_dir.
+
+    segmentation: (module(image[B,1,D,H,W]) -> logits[B,C,D,H,W], preprocessing dict per the spec incl. patch_size),
+                  or None for a bundle without a segmenter (the appliance then needs another segmentation model).
+    organ_encoder: (module(crop[B,1,d,h,w], organ_index[B]) -> embedding[B,E], meta with "input_shape" [d,h,w]
+                   and optionally "preprocessing"/"extra" dicts).
+    text_encoder: (module(input_ids[B,T], attention_mask[B,T]) -> embedding[B,E], tokenizer.json path, max_length).
+    """
+    import torch
+
+    out = Path(out_dir)
+    if out.exists() and any(out.iterdir()):
+        if not overwrite:
+            raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True (--force) to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=".bundle-", dir=out.parent))
+    parity_inputs = dict(parity_inputs or {})
+    results: list[_parity.ParityResult] = []
+    models: dict[str, dict] = {}
+    try:
+        # ---- segmentation
+        if segmentation is not None:
+            seg_mod, seg_pre = segmentation
+            patch = [int(x) for x in seg_pre["patch_size"]]
+            log(f"exporting segmentation (patch {patch})")
+            ex = torch.zeros((2, 1, *patch), dtype=torch.float32)
+            export_onnx(seg_mod, (ex,), work / SEG_FILE, input_names=["image"], output_names=["logits"],
+                        dynamic_axes={"image": {0: "batch"}})
+            batches = parity_inputs.get("segmentation") or _random_batches("segmentation", patch)
+            results.append(_parity.segmentation_parity("segmentation", seg_mod, ort_session(work / SEG_FILE),
+                                                       batches))
+            ins, outs = io_signature(work / SEG_FILE)
+            models["segmentation"] = {"file": SEG_FILE, "variants": {"fp32": SEG_FILE}, "inputs": ins,
+                                      "outputs": outs, "preprocessing": dict(seg_pre), "extra": {}}
+
+        # ---- organ encoder
+        enc_mod, enc_meta = organ_encoder
+        shape = [int(x) for x in enc_meta["input_shape"]]
+        log(f"exporting organ encoder (input {shape})")
+        ex = (torch.zeros((2, 1, *shape), dtype=torch.float32), torch.tensor([0, 1], dtype=torch.int64))
+        export_onnx(enc_mod, ex, work / ENC_FILE, input_names=["crop", "organ_index"], output_names=["embedding"],
+                    dynamic_axes={"crop": {0: "batch"}, "organ_index": {0: "batch"}})
+        batches = parity_inputs.get("organ_encoder") or _random_batches("organ_encoder", shape)
+        results.append(_parity.embedding_parity("organ_encoder", enc_mod, ort_session(work / ENC_FILE), batches))
+        ins, outs = io_signature(work / ENC_FILE)
+        pre = {"input_shape": shape, **dict(enc_meta.get("preprocessing", {}))}
+        extra = {"organs": list(ontology.ORGAN_NAMES), **dict(enc_meta.get("extra", {}))}
+        models["organ_encoder"] = {"file": ENC_FILE, "variants": {"fp32": ENC_FILE}, "inputs": ins, "outputs": outs,
+                                   "preprocessing": pre, "extra": extra}
+
+        # ---- text encoder + tokenizer
+        txt_mod, tok_json, max_length = text_encoder
+        (work / TOKENIZER_FILE).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(tok_json, work / TOKENIZER_FILE)
+        tok = load_tokenizer(work / TOKENIZER_FILE, int(max_length))
+        prompts, rows = prompt_table()
+        log(f"exporting text encoder (max_length {max_length}); {len(prompts)} prompts")
+        ids, mask = tokenize(tok, prompts[:2])
+        export_onnx(txt_mod, (torch.from_numpy(ids), torch.from_numpy(mask)), work / TXT_FILE,
+                    input_names=["input_ids", "attention_mask"], output_names=["embedding"],
+                    dynamic_axes={"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"}})
+        txt_sess = ort_session(work / TXT_FILE)
+        tb = parity_inputs.get("text_encoder")
+        if not tb:
+            tb = []
+            for i in range(0, len(prompts), 32):
+                ids, mask = tokenize(tok, prompts[i:i + 32])
+                tb.append({"input_ids": ids, "attention_mask": mask})
+        results.append(_parity.embedding_parity("text_encoder", txt_mod, txt_sess, tb))
+        ins, outs = io_signature(work / TXT_FILE)
+        models["text_encoder"] = {"file": TXT_FILE, "variants": {"fp32": TXT_FILE}, "inputs": ins, "outputs": outs,
+                                  "preprocessing": {},
+                                  "extra": {"tokenizer": TOKENIZER_FILE, "max_length": int(max_length),
+                                            "padding": "longest", "truncation": True, "pad_token": "[PAD]"}}
+        _parity.require(results)
+        for r in results:
+            log(f"parity {r.model}: {r.metric} = {r.value:.6f} (>= {r.threshold}, n={r.n})")
+
+        # ---- prompt embeddings with the exported graph
+        emb = text_embeddings(txt_sess, tok, prompts)
+        (work / PROMPTS_FILE).parent.mkdir(parents=True, exist_ok=True)
+        np.save(work / PROMPTS_FILE, emb)
+        for r in rows:
+            r["threshold"] = float(thresholds.get(r["name"], 0.5) if isinstance(thresholds, dict) else thresholds)
+
+        prov = dict(provenance or {})
+        prov.setdefault("trainer_git_commit", git_commit())
+        prov["parity"] = {r.model: r.as_dict() for r in results}
+        prov["prompts"] = prompts
+        created = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+        if bundle_id is None:
+            h = hashlib.sha256()
+            for rel in sorted(p for p in (SEG_FILE, ENC_FILE, TXT_FILE, PROMPTS_FILE) if (work / p).exists()):
+                h.update((work / rel).read_bytes())
+            bundle_id = f"totalfm-{h.hexdigest()[:12]}"
+        manifest = {
+            "format": FORMAT, "format_version": FORMAT_VERSION,
+            "bundle_id": bundle_id, "bundle_version": str(bundle_version), "created": created,
+            "ontology": {"version": ontology.ONTOLOGY_VERSION, "fingerprint": ontology.ontology_fingerprint()},
+            "organs": list(ontology.ORGAN_NAMES),
+            "models": models,
+            "findings": rows,
+            "prompt_embeddings": PROMPTS_FILE,
+            "logit_scale": float(logit_scale),
+            "files": {},
+            "provenance": prov,
+            "tensorrt": {},
+            "disclaimer": "AI draft for radiologist review - not a diagnosis",
+        }
+        write_manifest(work, manifest)
+        load_bundle(work)  # the appliance's own loader must accept it
+        if out.exists():
+            shutil.rmtree(out)
+        work.rename(out)
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+    log(f"bundle {bundle_id} written to {out}")
+    return out
+
+
+def update_manifest(bundle_dir: str | Path, fn: Callable[[dict], None]) -> dict:
+    """Load the manifest, let fn edit it in place, recompute hashes, write it back (after adding variants/engines)."""
+    root = Path(bundle_dir)
+    manifest = json.loads((root / "manifest.json").read_text())
+    fn(manifest)
+    write_manifest(root, manifest)
+    load_bundle(root)
+    return manifest
