@@ -1,0 +1,187 @@
+"""Training data for the organ encoder: an in-memory bank of encoder inputs + their report sentences.
+
+Sources:
+- a pair dataset (``trainer.pairs.dataset.PairDataset``, built by ``totalfm train build-pairs``): crops are fitted
+  to the encoder grid with :func:`appliance.preprocess.encoder_input` (the same function the appliance runs);
+  sentences come from the ``pairs`` table (positive sentences of an abnormal organ, normal statements otherwise).
+- synthetic studies generated in process (``from_synth``), for tests and quick runs without a pair dataset.
+
+Training never reads truth.json: the label key of a crop (which other crops of the batch count as positives in the
+multi-positive InfoNCE) comes from its report sentences only. Evaluation labels (``eval_labels``) come from
+``PairDataset.organ_labels`` (truth when present).
+"""
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from appliance import ontology
+from appliance.preprocess import encoder_input
+
+ORGAN_INDEX = {o.name: i for i, o in enumerate(ontology.ORGANS)}
+POSITIVE = ("positive",)
+NORMALISH = ("normal", "negated")
+
+
+@dataclass
+class CropBank:
+    input_shape: tuple[int, int, int]
+    x: list[np.ndarray] = field(default_factory=list)  # float16 [1,d,h,w] each
+    organ: list[int] = field(default_factory=list)
+    study: list[str] = field(default_factory=list)
+    split: list[str] = field(default_factory=list)
+    texts: list[list[str]] = field(default_factory=list)  # training sentences for this crop
+    key: list[str] = field(default_factory=list)  # "normal" | "+".join(sorted positive findings) (from the report)
+    labels: list[dict] = field(default_factory=list)  # eval truth {"abnormal": bool, "findings": [...]}
+
+    def __len__(self):
+        return len(self.x)
+
+    def add(self, image: np.ndarray, organ: str, study: str, split: str, texts: list[str], key: str,
+            label: dict | None = None):
+        self.x.append(encoder_input(image, self.input_shape).astype(np.float16))
+        self.organ.append(ORGAN_INDEX[organ])
+        self.study.append(study)
+        self.split.append(split)
+        self.texts.append(list(texts))
+        self.key.append(key)
+        self.labels.append(label or {})
+
+    def subset(self, idx) -> "CropBank":
+        b = CropBank(self.input_shape)
+        for i in idx:
+            for name in ("x", "organ", "study", "split", "texts", "key", "labels"):
+                getattr(b, name).append(getattr(self, name)[i])
+        return b
+
+    def where(self, split: str) -> "CropBank":
+        return self.subset([i for i, s in enumerate(self.split) if s == split])
+
+    def summary(self) -> dict:
+        return {"crops": len(self), "studies": len(set(self.study)),
+                "abnormal_by_report": sum(k != "normal" for k in self.key),
+                "with_text": sum(bool(t) for t in self.texts)}
+
+
+def _key_and_texts(sents: list[tuple[str, str, str | None]]) -> tuple[str, list[str]]:
+    """sentences about one organ of one study [(text, polarity|kind, finding)] -> (label key, training texts)."""
+    pos = [(t, f) for t, p, f in sents if p in POSITIVE]
+    if pos:
+        return "+".join(sorted({f or "abnormal" for _, f in pos})), [t for t, _ in pos]
+    return "normal", [t for t, p, _ in sents if p in NORMALISH]
+
+
+def from_pairs(path: str | Path, input_shape, splits=("train",), limit: int | None = None,
+               with_labels: bool = False) -> CropBank:
+    from trainer.pairs.dataset import USABLE, PairDataset
+    bank = CropBank(tuple(input_shape))
+    with PairDataset(path) as ds:
+        for split in splits:
+            by_crop: dict[int, list] = defaultdict(list)
+            for p in ds.pairs(split=split):
+                by_crop[p["crop_id"]].append((p["text"], p["kind"], p["finding"]))
+            labels_cache: dict[str, dict] = {}
+            rows = ds.crops(split=split, status=USABLE)
+            if limit:
+                rows = rows[:limit]
+            for r in rows:
+                img, _ = ds.load_crop(r["crop_id"])
+                key, texts = _key_and_texts(by_crop.get(r["crop_id"], []))
+                label = None
+                if with_labels:
+                    if r["study_key"] not in labels_cache:
+                        labels_cache[r["study_key"]] = ds.organ_labels(r["study_key"])
+                    label = labels_cache[r["study_key"]].get(r["organ"])
+                bank.add(img, r["organ"], r["study_key"], split, texts, key, label)
+    return bank
+
+
+def split_of_seed(seed: int) -> str:
+    return "train" if seed < 1000 else ("val" if seed < 2000 else "test")
+
+
+def from_synth(n: int, seed: int, input_shape, kind: str = "analytic", phrasing: str = "train",
+               normal_fraction: float = 0.3, shape=None) -> CropBank:
+    """Generate ``n`` studies in process (no files) and bank their usable crops. Split from the seed range."""
+    from appliance.crops import crop_organs
+    from trainer.synth.study import generate_study
+    bank = CropBank(tuple(input_shape))
+    split = split_of_seed(seed)
+    for i in range(n):
+        st = generate_study(kind, seed=seed, index=i, phrasing=phrasing, normal_fraction=normal_fraction, shape=shape)
+        cs = crop_organs(st.image, st.labels)
+        per_organ: dict[str, list] = defaultdict(list)
+        for s in st.truth["sentences"]:
+            if s.get("organ") and s.get("section") == "findings":
+                per_organ[s["organ"]].append((s["text"], s["polarity"], s.get("finding")))
+        truth_by_organ: dict[str, list] = defaultdict(list)
+        for f in st.truth["findings"]:
+            truth_by_organ[f["organ"]].append(f["finding"])
+        for organ, crop in cs.present().items():
+            key, texts = _key_and_texts(per_organ.get(organ, []))
+            label = {"abnormal": bool(truth_by_organ.get(organ)), "findings": truth_by_organ.get(organ, [])}
+            bank.add(crop.image.array, organ, f"{kind}-{seed}-{i:05d}", split, texts, key, label)
+    return bank
+
+
+def organ_batches(bank: CropBank, batch_size: int, seed: int = 0, require_text: bool = False) -> list[list[int]]:
+    """Batches of ONE organ each (different studies), so an organ's negatives are same-organ crops of other studies.
+    Organs with fewer crops than 4 are pooled into mixed batches rather than dropped."""
+    rng = random.Random(seed)
+    by_organ: dict[int, list[int]] = defaultdict(list)
+    for i in range(len(bank)):
+        if require_text and not bank.texts[i]:
+            continue
+        by_organ[bank.organ[i]].append(i)
+    batches, leftovers = [], []
+    for _, idx in sorted(by_organ.items()):
+        rng.shuffle(idx)
+        full = len(idx) // batch_size * batch_size
+        batches += [idx[j:j + batch_size] for j in range(0, full, batch_size)]
+        rest = idx[full:]
+        if len(rest) >= max(4, batch_size // 2):
+            batches.append(rest)
+        else:
+            leftovers += rest
+    rng.shuffle(leftovers)
+    batches += [leftovers[j:j + batch_size] for j in range(0, len(leftovers) - 1, batch_size) if
+                len(leftovers[j:j + batch_size]) >= 2]
+    rng.shuffle(batches)
+    return batches
+
+
+class BankDataset(Dataset):
+    """Index -> dict(crop float32 [1,d,h,w], organ_index, text (one random sentence), key). Light augmentation on
+    train: random intensity scale/offset and a +-1 voxel shift (keeps the crop's organ framing)."""
+
+    def __init__(self, bank: CropBank, augment: bool = False, seed: int = 0):
+        self.bank, self.augment, self.seed = bank, augment, seed
+        self.epoch_rng = np.random.default_rng(seed)
+
+    def __len__(self):
+        return len(self.bank)
+
+    def __getitem__(self, i):
+        x = self.bank.x[i].astype(np.float32)
+        texts = self.bank.texts[i]
+        rng = np.random.default_rng((self.seed, i, int(torch.randint(0, 2**31 - 1, ()).item())))
+        if self.augment:
+            x = x * rng.uniform(0.9, 1.1) + rng.uniform(-0.05, 0.05)
+            shifts = tuple(int(s) for s in rng.integers(-1, 2, size=3))
+            x = np.roll(x, shifts, axis=(1, 2, 3))
+        text = texts[int(rng.integers(len(texts)))] if texts else ""
+        return {"crop": torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
+                "organ_index": int(self.bank.organ[i]), "text": text, "key": self.bank.key[i], "index": i}
+
+
+def collate(items: list[dict]) -> dict:
+    return {"crop": torch.stack([it["crop"] for it in items]),
+            "organ_index": torch.tensor([it["organ_index"] for it in items], dtype=torch.long),
+            "text": [it["text"] for it in items], "key": [it["key"] for it in items],
+            "index": torch.tensor([it["index"] for it in items], dtype=torch.long)}
