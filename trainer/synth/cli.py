@@ -38,6 +38,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--normal-fraction", type=float, default=0.3)
     p.add_argument("--phrasing", choices=("train", "heldout"), default="train")
     p.add_argument("--data-dir", default=None, help="shared data folder for real-backed (else $TOTALFM_SHARED_DATA)")
+    p.add_argument("--source", default=None,
+                   help="real-backed only: patient A (the NIfTI scans) or B (the DICOM series), or one source name "
+                        "(ts_abdomen_pelvis, ts_upper_abdomen, ts_dicom_series); default: any source at random")
     p.add_argument("--compress", action="store_true", help="write the DICOM series compressed")
     p.add_argument("--preview", action="store_true", help="write preview.png per study")
     p.add_argument("--no-dicom", action="store_true", help="skip the DICOM series")
@@ -52,7 +55,13 @@ def _one(args: argparse.Namespace, index: int) -> str:
     shape = args.size[::-1] if args.size else ((160, 256, 256) if args.kind == "analytic" else None)
     spacing = args.spacing[::-1] if args.spacing else None
     study = generate_study(args.kind, args.seed, index, shape=shape, spacing=spacing,
-                           normal_fraction=args.normal_fraction, phrasing=args.phrasing, data_dir=args.data_dir)
+                           normal_fraction=args.normal_fraction, phrasing=args.phrasing, data_dir=args.data_dir,
+                           source=args.source)
+    if args.kind == "real-backed":  # which real patient the phantom is (splits must never mix patients)
+        from trainer.synth.realbacked import source_patient
+        study.truth["source_patient"] = source_patient(study.truth.get("source"))
+    else:
+        study.truth["source_patient"] = None
     d = args.out / f"study_{index:05d}"
     paths = write_study(study, d, compress=args.compress, preview=args.preview, dicom=not args.no_dicom)
     names = ", ".join(r["finding"] for r in study.truth["findings"]) or "normal"
@@ -64,6 +73,8 @@ def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
     if args.n < 1:
         raise TotalFMError("--n must be at least 1")
+    if args.source is not None and args.kind != "real-backed":
+        raise TotalFMError("--source only applies to --kind real-backed")
     if not 0 <= args.normal_fraction <= 1:
         raise TotalFMError("--normal-fraction must be between 0 and 1")
     args.out.mkdir(parents=True, exist_ok=True)

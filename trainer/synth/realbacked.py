@@ -85,8 +85,9 @@ def load_source(data_dir: str, name: str):
     raw = _read_dicom(base / img) if name == DICOM_SOURCE[0] else read_nifti(base / img, dtype=np.float32)
     ct = to_canonical(raw)
     seg = to_canonical(read_nifti(base / lab))
-    if ct.shape != seg.shape:
-        raise VolumeFormatError(f"{folder}: CT {ct.shape} and labels {seg.shape} are not on one grid")
+    if not ct.same_grid(seg, tol_mm=1e-2):  # same shape is not enough: a flipped axis would misplace every organ
+        raise VolumeFormatError(f"{folder}: CT {ct.shape} at {ct.spacing} mm origin {ct.origin} and labels "
+                                f"{seg.shape} at {seg.spacing} mm origin {seg.origin} are not on one grid")
     return ct, seg.array.astype(np.uint8), phase
 
 
