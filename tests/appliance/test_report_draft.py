@@ -1,0 +1,117 @@
+"""Report drafting: the hallucination guard rejects an LLM draft that asserts an absent finding, the template is used
+instead, and every draft carries the AI-draft disclaimer at both ends.
+
+A scripted LLM object is used for the guard tests on purpose: the thing under test is the guard, and a crafted
+output is the only way to make a model hallucinate on demand. One test runs the real bundled GGUF end to end."""
+
+import pytest
+
+from appliance.report_draft import (DISCLAIMER, check_draft, draft_report, positive_mentions, template_draft)
+from appliance.store.results import FindingResult, OrganResult
+
+ORGANS = [OrganResult("liver", "ok", 1500.0, 50.0, 12.0), OrganResult("gallbladder", "ok", 30.0, 10.0, 8.0),
+          OrganResult("spleen", "ok", 200.0, 45.0, 9.0), OrganResult("kidneys", "absent")]
+FINDINGS = [FindingResult("liver", "hepatic_steatosis", 0.91, 0.5, True),
+            FindingResult("gallbladder", "gallstones", 0.12, 0.5, False),
+            FindingResult("spleen", "splenomegaly", 0.30, 0.5, False)]
+
+
+class ScriptedLLM:
+    model_name = "scripted-test-llm"
+    last_stats = None
+
+    def __init__(self, output=None, exc=None):
+        self.output, self.exc, self.calls = output, exc, []
+
+    def generate_json(self, messages, schema, max_tokens=256, temperature=0.0):
+        self.calls.append((messages, schema))
+        if self.exc:
+            raise self.exc
+        return self.output
+
+
+def _ends(text):
+    assert text.startswith(DISCLAIMER) and text.rstrip().endswith(DISCLAIMER)
+
+
+def test_honest_llm_draft_is_used():
+    out = {"findings": [{"organ": "liver", "finding": "hepatic_steatosis", "statement": "Diffuse fatty infiltration."},
+                        {"organ": "gallbladder", "finding": "none", "statement": "No gallstones."}],
+           "impression": "Hepatic steatosis."}
+    llm = ScriptedLLM(out)
+    d = draft_report(FINDINGS, ORGANS, llm=llm)
+    assert d.model_ids["draft_source"] == "llm" and d.model_ids["llm"] == "scripted-test-llm"
+    assert d.structured == out
+    _ends(d.draft_text)
+    # the prompt gave the positive finding and the schema limits names to the ontology
+    prompt = llm.calls[0][0][1]["content"]
+    assert "hepatic_steatosis" in prompt and "gallstones" not in prompt.split("Normal organs")[0]
+
+
+def test_structured_absent_finding_is_rejected_and_template_used():
+    out = {"findings": [{"organ": "gallbladder", "finding": "gallstones", "statement": "Stones."}],
+           "impression": "See above."}
+    d = draft_report(FINDINGS, ORGANS, llm=ScriptedLLM(out))
+    assert d.model_ids["draft_source"] == "template"
+    assert any("gallstones" in v for v in d.model_ids["rejected"])
+    assert "Gallstones" not in d.draft_text.split("AI-scored")[0]
+    _ends(d.draft_text)
+
+
+def test_free_text_absent_finding_is_rejected():
+    # structured names are all honest; the hallucination hides in the prose
+    out = {"findings": [{"organ": "liver", "finding": "hepatic_steatosis", "statement": "Fatty liver."},
+                        {"organ": "spleen", "finding": "none", "statement": "The spleen is enlarged."}],
+           "impression": "Steatosis and cholelithiasis."}
+    d = draft_report(FINDINGS, ORGANS, llm=ScriptedLLM(out))
+    assert d.model_ids["draft_source"] == "template"
+    joined = " ".join(d.model_ids["rejected"])
+    assert "cholelithiasis" in joined and "the spleen is enlarged" in joined
+
+
+def test_negated_mentions_and_unanalysed_organs():
+    assert positive_mentions("No gallstones. The liver shows no hepatic steatosis, without splenomegaly.") == []
+    assert [t for t, _ in positive_mentions("Hypodense liver lesion.")] == ["hypodense liver lesion"]
+    g = check_draft({"findings": [{"organ": "kidneys", "finding": "none", "statement": "Normal."}], "impression": ""},
+                    {("liver", "hepatic_steatosis")}, {"liver"})
+    assert not g.ok and "kidneys" in g.violations[0]
+
+
+def test_positive_finding_on_the_wrong_organ_or_looping_text_is_rejected():
+    out = {"findings": [{"organ": "gallbladder", "finding": "hepatic_steatosis", "statement": "Steatosis."}],
+           "impression": "Hepatic steatosis."}
+    d = draft_report(FINDINGS, ORGANS, llm=ScriptedLLM(out))
+    assert d.model_ids["draft_source"] == "template" and "in the gallbladder" in d.model_ids["rejected"][0]
+    out = {"findings": [], "impression": "liver, " * 8}
+    d = draft_report(FINDINGS, ORGANS, llm=ScriptedLLM(out))
+    assert d.model_ids["draft_source"] == "template" and "degenerate" in d.model_ids["rejected"][0]
+
+
+def test_llm_failure_or_absence_gives_template():
+    d = draft_report(FINDINGS, ORGANS, llm=ScriptedLLM(exc=ValueError("boom")))
+    assert d.model_ids["draft_source"] == "template" and "boom" in d.model_ids["fallback_reason"]
+    d = draft_report(FINDINGS, ORGANS, llm=None)
+    assert d.model_ids == {**d.model_ids, "draft_source": "template", "llm": None}
+    _ends(d.draft_text)
+    assert "Hepatic steatosis" in d.draft_text and "Kidneys (absent)" in d.draft_text
+
+
+def test_template_passes_its_own_guard_and_is_deterministic():
+    a, b = template_draft(FINDINGS, ORGANS), template_draft(FINDINGS, ORGANS)
+    assert a.draft_text == b.draft_text
+    assert check_draft(a.structured, {("liver", "hepatic_steatosis")}, {"liver", "gallbladder", "spleen"}).ok
+
+
+def test_real_local_llm_draft_is_valid_or_falls_back():
+    llm_mod = pytest.importorskip("llama_cpp")
+    from appliance.llm import LLMUnavailable, load_llm
+    try:
+        llm = load_llm(n_ctx=2048, n_threads=1)
+    except LLMUnavailable as exc:
+        pytest.skip(str(exc))
+    d = draft_report(FINDINGS, ORGANS, llm=llm, max_tokens=384)
+    _ends(d.draft_text)
+    assert d.model_ids["llm"] == llm.model_name
+    if d.model_ids["draft_source"] == "llm":
+        assert check_draft(d.structured, {("liver", "hepatic_steatosis")}, {"liver", "gallbladder", "spleen"}).ok
+    del llm_mod
