@@ -142,7 +142,11 @@ def _degenerate(text: str) -> str | None:
     return None
 
 
-def check_draft(structured: dict, positive: set[tuple[str, str]], analysed_organs: set[str]) -> GuardResult:
+_NUM = re.compile(r"\d+(?:\.\d+)?")
+
+
+def check_draft(structured: dict, positive: set[tuple[str, str]], analysed_organs: set[str], *,
+                source_text: str | None = None) -> GuardResult:
     """Reject a draft that asserts a finding the scorer did not report positive (see module docstring).
 
     ``positive``: (organ, finding) pairs the scorer reported positive. Also rejected: an item repeated, an organ not
@@ -162,6 +166,12 @@ def check_draft(structured: dict, positive: set[tuple[str, str]], analysed_organ
             v.append(f"findings[{i}] repeats {organ}/{name}")
         seen.add((organ, name))
         texts.append(str(item.get("statement", "")))
+    if source_text is not None:  # numbers (sizes, volumes, counts) must come from the input, not be invented
+        allowed = set(_NUM.findall(source_text))
+        for t in texts:
+            for n in _NUM.findall(t):
+                if n not in allowed:
+                    v.append(f"free text states the number {n}, which is not in the scorer/measurement input")
     for t in texts:
         bad = _degenerate(t)
         if bad:
@@ -277,15 +287,16 @@ def draft_report(findings: list[FindingResult], organs: list[OrganResult], *, ll
     name = getattr(llm, "model_name", type(llm).__name__)
     ids = {"llm": name}
     positive = {(f.organ, f.finding) for f in findings if f.positive}
+    messages = build_messages(findings, organs)
     try:
-        structured = llm.generate_json(build_messages(findings, organs), draft_schema(analysed or None, positive),
+        structured = llm.generate_json(messages, draft_schema(analysed or None, positive),
                                        max_tokens=max_tokens)
     except Exception as exc:  # LLMOutputError, llama.cpp errors: a draft must still be produced
         log.warning("LLM draft failed (%s); using the template", type(exc).__name__)
         return template_draft(findings, organs, reason=f"LLM {name} failed: {type(exc).__name__}: {exc}",
                               extra_ids=ids)
     structured = _dedupe(structured)  # a repeated item is noise, not a hallucination: keep the first
-    guard = check_draft(structured, positive, set(analysed))
+    guard = check_draft(structured, positive, set(analysed), source_text=messages[1]["content"])
     if not guard.ok:
         log.warning("LLM draft rejected by the hallucination guard: %s", "; ".join(guard.violations))
         return template_draft(findings, organs, reason=f"LLM {name} draft rejected by the hallucination guard",

@@ -87,6 +87,14 @@ def test_positive_finding_on_the_wrong_organ_or_looping_text_is_rejected():
     assert d.model_ids["draft_source"] == "template" and "degenerate" in d.model_ids["rejected"][0]
 
 
+def test_invented_numbers_are_rejected():
+    out = {"findings": [{"organ": "liver", "finding": "hepatic_steatosis", "statement": "Liver volume 1500 mL."}],
+           "impression": "Three positive findings: 3."}
+    d = draft_report(FINDINGS, ORGANS, llm=ScriptedLLM(out))
+    assert d.model_ids["draft_source"] == "template"
+    assert d.model_ids["rejected"] == ["free text states the number 3, which is not in the scorer/measurement input"]
+
+
 def test_llm_failure_or_absence_gives_template():
     d = draft_report(FINDINGS, ORGANS, llm=ScriptedLLM(exc=ValueError("boom")))
     assert d.model_ids["draft_source"] == "template" and "boom" in d.model_ids["fallback_reason"]
