@@ -1,0 +1,178 @@
+"""Sliding-window organ segmentation at a fixed spacing: the one runtime path for any segmentation network.
+
+``segment_volume(volume, preprocessing, predict)`` is used by the appliance (``predict`` = an ONNX Runtime / TensorRT
+runner) and by the trainer's evaluation (``predict`` = the torch model), so what the trainer measures is what the
+appliance runs. numpy/scipy only (no torch).
+
+Steps (``preprocessing`` is the bundle's ``models.segmentation.preprocessing`` dict):
+1. reorient to the canonical layout (``to_canonical``: axis permutations/flips only), resample to ``spacing_mm`` (trilinear, ``appliance.volume.resample``; the first voxel's outer corner
+   stays fixed),
+2. clip HU to ``clip_hu`` and normalise ``(x - mean) / std``,
+3. pad every axis to at least ``patch_size`` (with the normalised ``clip_hu`` low value, i.e. air),
+4. tile with windows of ``patch_size`` whose starts are evenly spaced so neighbours overlap by at least
+   ``1 - step`` of a patch (nnU-Net's rule), batch the windows through ``predict`` ([B,1,d,h,w] -> [B,C,d,h,w]
+   logits), turn logits into softmax probabilities and blend them with a Gaussian importance map
+   (sigma = patch/8 per axis, normalised to max 1, zeros lifted to the smallest non-zero value),
+5. argmax over channels, map channel -> label id through ``class_ids``,
+6. map the label map back onto the input grid with nearest neighbour.
+
+Blending softmax probabilities (not raw logits) keeps one over-confident window edge from dominating its neighbours.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Callable
+
+import numpy as np
+
+from appliance.errors import TotalFMError
+from appliance.volume import Volume, resample, to_canonical
+
+Predict = Callable[[np.ndarray], np.ndarray]
+
+
+class SegmentationError(TotalFMError):
+    """The segmentation preprocessing contract is broken (bad keys, predict returned the wrong shape)."""
+
+
+REQUIRED_KEYS = ("spacing_mm", "patch_size", "clip_hu", "mean", "std", "class_ids")
+
+
+def _check_preprocessing(pp: dict) -> None:
+    missing = [k for k in REQUIRED_KEYS if k not in pp]
+    if missing:
+        raise SegmentationError(f"segmentation preprocessing lacks {', '.join(missing)} (needs {', '.join(REQUIRED_KEYS)})")
+    if len(pp["spacing_mm"]) != 3 or len(pp["patch_size"]) != 3:
+        raise SegmentationError("spacing_mm and patch_size must have three entries (z, y, x)")
+    if float(pp["std"]) <= 0:
+        raise SegmentationError("preprocessing std must be positive")
+
+
+def normalise(array: np.ndarray, pp: dict) -> np.ndarray:
+    """Clip HU to ``clip_hu`` and standardise with ``mean``/``std`` (float32). Shared with the trainer's data code."""
+    lo, hi = (float(v) for v in pp["clip_hu"])
+    out = np.clip(array.astype(np.float32, copy=False), lo, hi)
+    out -= np.float32(pp["mean"])
+    out /= np.float32(pp["std"])
+    return out
+
+
+def gaussian_importance(patch: tuple[int, int, int], sigma_scale: float = 1.0 / 8) -> np.ndarray:
+    """nnU-Net's importance map: a Gaussian centred on the patch, sigma = patch * sigma_scale, max 1, no zeros."""
+    grids = []
+    for n in patch:
+        c = (n - 1) / 2.0
+        s = max(n * sigma_scale, 1e-6)
+        x = np.arange(n, dtype=np.float64)
+        grids.append(np.exp(-0.5 * ((x - c) / s) ** 2))
+    g = grids[0][:, None, None] * grids[1][None, :, None] * grids[2][None, None, :]
+    g /= g.max()
+    nz = g[g > 0]
+    g[g == 0] = nz.min() if nz.size else 1.0
+    return g.astype(np.float32)
+
+
+def window_starts(size: int, patch: int, step: float) -> list[int]:
+    """Evenly spaced window starts covering 0..size (size >= patch) with stride <= step * patch."""
+    if size <= patch:
+        return [0]
+    stride = max(1, int(patch * step))
+    n = int(math.ceil((size - patch) / stride)) + 1
+    actual = (size - patch) / (n - 1)
+    return [int(round(actual * i)) for i in range(n)]
+
+
+def sliding_window_probabilities(image: np.ndarray, patch: tuple[int, int, int], predict: Predict, *,
+                                 step: float = 0.5, batch_size: int = 2, pad_value: float = 0.0) -> np.ndarray:
+    """Blended softmax probabilities [C, *image.shape] of ``predict`` over windows of ``patch`` covering ``image``."""
+    patch = tuple(int(p) for p in patch)
+    orig = image.shape
+    pads = [(0, max(0, p - s)) for s, p in zip(orig, patch)]
+    # centre small axes in the padded array so the organ sits where the network saw organs in training
+    pads = [(b // 2, b - b // 2) for _, b in pads]
+    img = np.pad(image, pads, mode="constant", constant_values=pad_value) if any(b for _, b in pads) else image
+    shape = img.shape
+    starts = list(itertools.product(*(window_starts(s, p, step) for s, p in zip(shape, patch))))
+    weight = gaussian_importance(patch)
+    acc = None
+    norm = np.zeros(shape, dtype=np.float32)
+    for i in range(0, len(starts), max(1, batch_size)):
+        chunk = starts[i:i + batch_size]
+        batch = np.stack([img[z:z + patch[0], y:y + patch[1], x:x + patch[2]] for z, y, x in chunk])[:, None]
+        logits = np.asarray(predict(np.ascontiguousarray(batch, dtype=np.float32)))
+        if logits.ndim != 5 or logits.shape[0] != len(chunk) or tuple(logits.shape[2:]) != patch:
+            raise SegmentationError(f"predict returned shape {logits.shape}, expected [{len(chunk)}, C, {patch}]")
+        logits = logits.astype(np.float32, copy=False)
+        logits = logits - logits.max(axis=1, keepdims=True)
+        prob = np.exp(logits)
+        prob /= prob.sum(axis=1, keepdims=True)
+        if acc is None:
+            acc = np.zeros((logits.shape[1],) + shape, dtype=np.float32)
+        for (z, y, x), p in zip(chunk, prob):
+            acc[:, z:z + patch[0], y:y + patch[1], x:x + patch[2]] += p * weight
+            norm[z:z + patch[0], y:y + patch[1], x:x + patch[2]] += weight
+    acc /= norm[None]
+    crop = tuple(slice(b, b + s) for (b, _), s in zip(pads, orig))
+    return acc[(slice(None),) + crop]
+
+
+def _nearest_back(labels: Volume, reference: Volume) -> np.ndarray:
+    """Nearest-neighbour map of ``labels`` onto ``reference``'s grid; edge voxels replicate (no background rim)."""
+    pad = np.pad(labels.array, 1, mode="edge")
+    origin = np.asarray(labels.origin) - labels.direction @ np.asarray(labels.spacing)
+    padded = Volume(pad, labels.spacing, tuple(origin), labels.direction)
+    return resample(padded, reference=reference, order=0, cval=0).array
+
+
+def segment_volume(volume: Volume, preprocessing: dict, predict: Predict, *, batch_size: int = 2,
+                   return_probabilities: bool = False):
+    """Label map (Volume, uint8/uint16, label ids from ``class_ids``) on ``volume``'s grid.
+
+    ``predict`` maps float32 [B,1,d,h,w] (normalised patches) to float32 logits [B,C,d,h,w], C == len(class_ids).
+    With ``return_probabilities`` also returns the blended probabilities on the working (resampled) grid.
+    """
+    pp = preprocessing
+    _check_preprocessing(pp)
+    spacing = tuple(float(s) for s in pp["spacing_mm"])
+    patch = tuple(int(p) for p in pp["patch_size"])
+    class_ids = np.asarray(pp["class_ids"], dtype=np.int64)
+    # canonical orientation first (axis flips/permutations only): the network learnt one anatomy layout
+    work = resample(to_canonical(volume), spacing=spacing, order=1)
+    img = normalise(work.array, pp)
+    pad_value = float((float(pp["clip_hu"][0]) - float(pp["mean"])) / float(pp["std"]))
+    prob = sliding_window_probabilities(img, patch, predict, step=float(pp.get("step", 0.5)),
+                                        batch_size=batch_size, pad_value=pad_value)
+    if prob.shape[0] != len(class_ids):
+        raise SegmentationError(f"network gives {prob.shape[0]} channels but class_ids has {len(class_ids)}")
+    dtype = np.uint8 if class_ids.max(initial=0) < 256 else np.uint16
+    lab_work = class_ids[np.argmax(prob, axis=0)].astype(dtype)
+    lab_vol = Volume(lab_work, work.spacing, work.origin, work.direction)
+    if work.same_grid(volume):
+        out_arr = lab_work
+    else:
+        out_arr = _nearest_back(lab_vol, volume).astype(dtype, copy=False)
+    out = volume.with_array(out_arr, label_space=pp.get("label_space", "organ"))
+    if return_probabilities:
+        return out, prob
+    return out
+
+
+def dice_per_label(pred: np.ndarray, ref: np.ndarray, labels) -> dict[int, float]:
+    """Dice of each label id in ``labels`` (NaN where the label is absent from both maps)."""
+    pred = np.asarray(pred)
+    ref = np.asarray(ref)
+    if pred.shape != ref.shape:
+        raise ValueError(f"pred shape {pred.shape} != ref shape {ref.shape}")
+    n = int(max(pred.max(initial=0), ref.max(initial=0), max(labels, default=0))) + 1
+    p = pred.ravel().astype(np.int64)
+    r = ref.ravel().astype(np.int64)
+    inter = np.bincount(p[p == r], minlength=n)
+    cp = np.bincount(p, minlength=n)
+    cr = np.bincount(r, minlength=n)
+    out = {}
+    for lab in labels:
+        denom = cp[lab] + cr[lab]
+        out[int(lab)] = float("nan") if denom == 0 else float(2.0 * inter[lab] / denom)
+    return out

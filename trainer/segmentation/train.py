@@ -1,0 +1,156 @@
+"""`totalfm train seg-train`: train the distilled 3-D U-Net on TotalSegmentator label maps (organ label space).
+
+    totalfm train seg-train --recipe trainer/recipes/seg_demo.toml --out var/models/seg_demo.pt [--train-patient A|B]
+        [--iterations N] [--max-minutes M] [--eval]
+
+Writes the checkpoint every ``checkpoint_every`` iterations and at the end (atomic replace), so a partial run still
+leaves a usable model. The checkpoint's ``preprocessing`` is exactly what ``appliance.segment.segment_volume`` needs
+(it is copied into the bundle manifest by the exporter).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+import tomllib
+from pathlib import Path
+
+import numpy as np
+
+from appliance import ontology
+
+
+def load_recipe(path: str | Path) -> dict:
+    with open(path, "rb") as fh:
+        return tomllib.load(fh)
+
+
+def preprocessing_from_recipe(recipe: dict) -> dict:
+    p = recipe["preprocessing"]
+    return {
+        "spacing_mm": [float(v) for v in p["spacing_mm"]],
+        "patch_size": [int(v) for v in p["patch_size"]],
+        "clip_hu": [float(v) for v in p["clip_hu"]],
+        "mean": float(p["mean"]),
+        "std": float(p["std"]),
+        "step": float(p.get("step", 0.5)),
+        "label_space": "organ",
+        "class_ids": list(range(len(ontology.ORGANS) + 1)),
+        "organs": ["background"] + list(ontology.ORGAN_NAMES),
+    }
+
+
+def _git_commit() -> str | None:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10,
+                              cwd=Path(__file__).resolve().parent).stdout.strip() or None
+    except Exception:
+        return None
+
+
+def dice_ce_loss(logits, target, n_classes: int):
+    import torch
+    import torch.nn.functional as F
+
+    ce = F.cross_entropy(logits, target)
+    prob = torch.softmax(logits, dim=1)
+    onehot = F.one_hot(target, n_classes).permute(0, 4, 1, 2, 3).float()
+    dims = (0, 2, 3, 4)
+    inter = (prob * onehot).sum(dims)
+    denom = prob.sum(dims) + onehot.sum(dims)
+    present = onehot.sum(dims) > 0
+    dice = (2 * inter + 1e-5) / (denom + 1e-5)
+    dice_loss = 1 - dice[present].mean()
+    return ce + dice_loss
+
+
+def train(recipe: dict, out: Path, *, train_patient: str | None = None, iterations: int | None = None,
+          max_minutes: float | None = None, data_dir=None, log=print) -> Path:
+    import torch
+
+    from trainer.segmentation.seg_data import PatchSampler, training_cases
+    from trainer.segmentation.unet import build, save_checkpoint
+
+    d, t = recipe["data"], recipe["train"]
+    train_patient = train_patient or d.get("train_patient", "A")
+    iterations = int(iterations or t["iterations"])
+    max_minutes = float(max_minutes if max_minutes is not None else t.get("max_minutes", 1e9))
+    torch.set_num_threads(int(t.get("threads", 2)))
+    seed = int(d.get("seed", 0))
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    pp = preprocessing_from_recipe(recipe)
+    t0 = time.time()
+    cache = Path(d["cache_dir"]) if d.get("cache_dir") else None
+    cases = training_cases(train_patient, pp["spacing_mm"], n_analytic=int(d["n_analytic"]),
+                           n_realbacked=int(d["n_realbacked"]), seed=seed, data_dir=data_dir, cache_dir=cache, log=log)
+    t_data = time.time() - t0
+    log(f"data ready in {t_data:.0f}s")
+    weights = [float(t.get("real_weight", 3.0)) if c.name.startswith("ts_") else 1.0 for c in cases]
+    sampler = PatchSampler(cases, pp["patch_size"], pp, rng=rng, p_class=float(t.get("p_class", 0.7)),
+                           case_weights=weights)
+    model = build({"channels": recipe["model"]["channels"]})
+    n_classes = model.config["n_classes"]
+    opt = torch.optim.AdamW(model.parameters(), lr=float(t["lr"]), weight_decay=1e-4)
+    lr0 = float(t["lr"])
+    every = int(t.get("checkpoint_every", 150))
+    deadline = t0 + max_minutes * 60
+    provenance = {"train_patient": train_patient, "held_out_patient": "B" if train_patient == "A" else "A",
+                  "recipe": recipe, "git_commit": _git_commit(), "cases": [c.name for c in cases]}
+    losses: list[float] = []
+    it = 0
+    model.train()
+    t_train = time.time()
+    for it in range(1, iterations + 1):
+        frac = (it - 1) / iterations
+        for g in opt.param_groups:
+            g["lr"] = lr0 * (1 - frac) ** 0.9
+        x, y = sampler.sample(int(t["batch"]))
+        logits = model(torch.from_numpy(x))
+        loss = dice_ce_loss(logits, torch.from_numpy(y), n_classes)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(float(loss.detach()))
+        if it % 25 == 0:
+            log(f"it {it}/{iterations} loss {np.mean(losses[-25:]):.4f} lr {opt.param_groups[0]['lr']:.2e} "
+                f"{time.time() - t_train:.0f}s")
+        stop = time.time() > deadline
+        if it % every == 0 or stop or it == iterations:
+            metrics = {"iterations": it, "loss_last50": float(np.mean(losses[-50:])),
+                       "train_wall_s": round(time.time() - t0, 1), "data_wall_s": round(t_data, 1),
+                       "finished": it == iterations or stop}
+            save_checkpoint(out, model, pp, metrics, {"provenance": provenance})
+            model.train()
+        if stop:
+            log(f"wall-clock budget of {max_minutes} min reached at iteration {it}")
+            break
+    log(f"saved {out} after {it} iterations, {time.time() - t0:.0f}s total")
+    return out
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="totalfm train seg-train", description=__doc__.split("\n")[0])
+    ap.add_argument("--recipe", default="trainer/recipes/seg_demo.toml")
+    ap.add_argument("--out", default="var/models/seg_demo.pt")
+    ap.add_argument("--train-patient", choices=["A", "B"], default=None)
+    ap.add_argument("--iterations", type=int, default=None)
+    ap.add_argument("--max-minutes", type=float, default=None)
+    ap.add_argument("--data-dir", default=None, help="shared data folder (default: TOTALFM_SHARED_DATA or ../shared/data)")
+    ap.add_argument("--eval", action="store_true", help="run seg-eval on the held-out patient + phantoms afterwards")
+    a = ap.parse_args(argv)
+    recipe = load_recipe(a.recipe)
+    out = train(recipe, Path(a.out), train_patient=a.train_patient, iterations=a.iterations,
+                max_minutes=a.max_minutes, data_dir=a.data_dir, log=lambda m: print(m, flush=True))
+    if a.eval:
+        from trainer.segmentation.evaluate import main as eval_main
+
+        return eval_main([str(out)] + (["--data-dir", a.data_dir] if a.data_dir else []) + ["--write-metrics"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
