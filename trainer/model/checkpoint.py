@@ -90,6 +90,7 @@ def load_encoder(path: str | Path, *, check_ontology: bool = True) -> tuple[Orga
     model.load_state_dict(ckpt["encoder"])
     model.eval()
     meta = {k: v for k, v in ckpt.items() if k not in ("encoder", "train_state", "mae_decoder")}
+    meta["input_shape"] = list(cfg.input_shape)  # what export.bundle_build reads
     if meta.get("text"):
         meta["text"] = {k: v for k, v in meta["text"].items() if k != "state_dict"}
     return model, meta

@@ -151,7 +151,9 @@ class OrganViT(nn.Module):
 
     def encode_tokens(self, x: torch.Tensor, organ_index: torch.Tensor) -> torch.Tensor:
         """tokens [B, n, dim] (all or a visible subset) -> normed [B, 1 + n, dim] (CLS first)."""
-        o = self.organ(organ_index).unsqueeze(1)
+        # index_select, not nn.Embedding.forward: the ONNX exporter names the aten::embedding output "embedding",
+        # which collides with the graph output name "embedding" of the bundle contract.
+        o = self.organ.weight.index_select(0, organ_index).unsqueeze(1)
         x = x + o
         cls = self.cls.expand(x.shape[0], -1, -1) + o
         x = torch.cat([cls, x], dim=1)

@@ -1,0 +1,101 @@
+"""Organ encoder: encoder_input, ViT shapes/normalisation, ONNX export (dynamo, opset 18, dynamic batch) parity,
+FLOPs per study within the demo budget, checkpoint round trip with the metadata the exporter needs."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from appliance import ontology
+from appliance.errors import TotalFMError
+from appliance.preprocess import encoder_input, fit_to_shape
+from trainer.model import checkpoint as ckptmod
+from trainer.model.flops import analytic_flops_per_crop, flops_per_study, measured_flops_per_crop
+from trainer.model.vit3d import OrganEncoder, ViTConfig, config_for
+
+torch.set_num_threads(1)
+
+
+class _Crop:
+    def __init__(self, arr):
+        self.image = type("V", (), {"array": arr})()
+        self.organ, self.status = "liver", "ok"
+
+
+def test_encoder_input_shape_range_and_determinism():
+    rng = np.random.default_rng(0)
+    arr = rng.random((64, 128, 128), dtype=np.float32)
+    a = encoder_input(_Crop(arr), (16, 64, 64))
+    b = encoder_input(arr, (16, 64, 64))
+    assert a.shape == (1, 16, 64, 64) and a.dtype == np.float32
+    assert np.array_equal(a, b)  # byte-for-byte the same for the same crop
+    assert 0.0 <= a.min() and a.max() <= 1.0
+
+
+def test_fit_to_shape_exact_on_linear_field_and_identity():
+    z, y, x = np.meshgrid(np.linspace(0, 1, 48), np.linspace(0, 2, 96), np.linspace(0, 3, 96), indexing="ij")
+    f = (z + y + x).astype(np.float32)
+    g = fit_to_shape(f, (16, 64, 64))
+    zz, yy, xx = np.meshgrid(np.linspace(0, 1, 16), np.linspace(0, 2, 64), np.linspace(0, 3, 64), indexing="ij")
+    np.testing.assert_allclose(g, zz + yy + xx, atol=1e-5)  # linear resampling is exact on a linear field
+    assert np.array_equal(fit_to_shape(f, f.shape), f)
+
+
+def test_encoder_input_refuses_unusable_crop():
+    c = _Crop(None)
+    c.image = None
+    c.status = "absent"
+    with pytest.raises(TotalFMError, match="absent"):
+        encoder_input(c, (16, 64, 64))
+
+
+def test_vit_embedding_normalised_and_organ_embedding_matters():
+    cfg = ViTConfig(input_shape=(8, 32, 32), tubelet=(4, 8, 8), dim=32, depth=1, heads=2, embed_dim=16)
+    m = OrganEncoder(cfg).eval()
+    x = torch.rand(3, 1, 8, 32, 32)
+    e0 = m(x, torch.tensor([0, 0, 0]))
+    e1 = m(x, torch.tensor([5, 5, 5]))
+    assert e0.shape == (3, 16)
+    torch.testing.assert_close(e0.norm(dim=-1), torch.ones(3))
+    assert not torch.allclose(e0, e1)  # the organ index changes the embedding (shared backbone + organ embedding)
+
+
+def test_onnx_export_dynamic_batch_parity(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    cfg = ViTConfig(input_shape=(8, 32, 32), tubelet=(4, 8, 8), dim=32, depth=2, heads=2, embed_dim=16)
+    m = OrganEncoder(cfg).eval()
+    ex = (torch.rand(2, 1, 8, 32, 32), torch.tensor([0, 3]))
+    path = tmp_path / "enc.onnx"
+    torch.onnx.export(m, ex, str(path), dynamo=True, opset_version=18, input_names=["crop", "organ_index"],
+                      output_names=["embedding"],
+                      dynamic_shapes={"crop": {0: torch.export.Dim("batch")}, "organ_index": {0: torch.export.Dim("batch")}})
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    for b in (1, 5):
+        x = torch.rand(b, 1, 8, 32, 32)
+        idx = torch.arange(b) % 16
+        want = m(x, idx).detach().numpy()
+        got = sess.run(["embedding"], {"crop": x.numpy(), "organ_index": idx.numpy()})[0]
+        np.testing.assert_allclose(got, want, atol=1e-4)
+
+
+def test_demo_encoder_flops_within_budget_and_analytic_matches_counter():
+    cfg = config_for("tiny", input_shape=(16, 64, 64), tubelet=(4, 8, 8))
+    f = flops_per_study(cfg)
+    assert f["gflops_per_study"] <= 170 and f["within_demo_budget"]
+    assert abs(analytic_flops_per_crop(cfg) - measured_flops_per_crop(cfg)) / measured_flops_per_crop(cfg) < 0.02
+
+
+def test_checkpoint_round_trip_carries_exporter_metadata(tmp_path):
+    cfg = ViTConfig(input_shape=(8, 32, 32), tubelet=(4, 8, 8), dim=32, depth=1, heads=2, embed_dim=16)
+    m = OrganEncoder(cfg)
+    ck = ckptmod.base_meta(cfg, stage="contrastive", recipe={"name": "t"})
+    ck["encoder"] = m.state_dict()
+    ckptmod.save(tmp_path / "final.pt", ck)
+    m2, meta = ckptmod.load_encoder(tmp_path)
+    x, idx = torch.rand(2, 1, 8, 32, 32), torch.tensor([1, 2])
+    torch.testing.assert_close(m.eval()(x, idx), m2(x, idx))
+    assert meta["ontology"] == {"version": ontology.ONTOLOGY_VERSION, "fingerprint": ontology.ontology_fingerprint()}
+    assert meta["input_shape"] == [8, 32, 32]
+    assert set(meta["preprocessing"]["recipes"]) == {o.name for o in ontology.ORGANS}
+    ckptmod.set_thresholds(tmp_path / "final.pt", {"liver_abnormal": 0.4})
+    assert ckptmod.load_encoder(tmp_path)[1]["thresholds"] == {"liver_abnormal": 0.4}
