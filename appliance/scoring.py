@@ -1,0 +1,120 @@
+"""Zero-shot finding scores from organ embeddings and prompt embeddings. numpy only; the trainer's evaluation calls
+these SAME functions (``trainer.evaluate.zeroshot``), so a threshold picked there means the same thing here.
+
+The score, decided and documented:
+
+1. For one organ crop with embedding ``e`` (L2-normalised, [E]) and a finding with positive prompts ``P+`` and
+   negative prompts ``P-`` (rows of ``prompt_embeddings``, L2-normalised), the CLIP logits are
+   ``s * cos(e, p)`` with ``s = logit_scale`` (the exp'd learned temperature).
+2. Prompt ensemble: the logits are AVERAGED over the phrasings of each side:
+   ``L+ = mean_p s*cos(e, p in P+)``, ``L- = mean_p s*cos(e, p in P-)``. (Averaging logits rather than
+   probabilities keeps each side a linear function of ``e``: it equals the logit against the mean prompt vector.)
+3. Probability of the finding = 2-way softmax over ``[L+, L-]`` = ``sigmoid(L+ - L-)``, in (0, 1).
+4. A finding scored in several organ crops (``FindingSpec.organs``, e.g. ascites in liver and spleen, metastatic
+   disease in liver/lungs/spine) takes the MAXIMUM over the organs whose crop was encoded - present if present
+   anywhere. Organs without an embedding (absent, truncated, too small) are skipped; a finding with none of its
+   organs available gets no score at all (the caller reports "not assessable", never a silent 0).
+5. ``decide(score, threshold)`` = ``score >= threshold``; thresholds are picked on the validation split by the
+   trainer (max F1) and shipped in the bundle (``FindingSpec.threshold``).
+
+AI draft for radiologist review - not a diagnosis.
+"""
+from __future__ import annotations
+
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+
+DISCLAIMER = "AI draft for radiologist review - not a diagnosis"
+
+
+def _organs_of(f) -> list[str]:
+    organs = list(getattr(f, "organs", None) or [])
+    return organs or [f.organ]
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def prompt_logit_diff(embeddings: np.ndarray, pos: np.ndarray, neg: np.ndarray, logit_scale: float) -> np.ndarray:
+    """``L+ - L-`` for embeddings [N,E] (rows may be NaN = missing) against prompt rows pos [P,E], neg [Q,E] -> [N]."""
+    e = _unit(embeddings)
+    lp = float(logit_scale) * (e @ np.asarray(pos, np.float32).T).mean(axis=1)
+    ln = float(logit_scale) * (e @ np.asarray(neg, np.float32).T).mean(axis=1)
+    return lp - ln
+
+
+def sigmoid(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return np.where(x >= 0, 1.0 / (1.0 + np.exp(-np.abs(x))), np.exp(-np.abs(x)) / (1.0 + np.exp(-np.abs(x))))
+
+
+def score_matrix(organ_embeddings: Mapping[str, np.ndarray], findings: Sequence, prompt_embeddings: np.ndarray,
+                 logit_scale: float) -> np.ndarray:
+    """Batched scores: ``organ_embeddings[organ]`` is [N,E] for N studies (a row of NaN = organ not available in
+    that study). Returns [N, F] float64 probabilities, NaN where none of a finding's organs is available."""
+    P = np.asarray(prompt_embeddings, dtype=np.float32)
+    n = None
+    for v in organ_embeddings.values():
+        n = np.asarray(v).shape[0]
+        break
+    if n is None:
+        return np.full((0, len(findings)), np.nan)
+    out = np.full((n, len(findings)), np.nan)
+    for j, f in enumerate(findings):
+        pos, neg = P[list(f.pos_index)], P[list(f.neg_index)]
+        if len(pos) == 0 or len(neg) == 0:
+            raise ValueError(f"finding {f.name}: needs at least one positive and one negative prompt")
+        best = np.full(n, -np.inf)
+        for organ in _organs_of(f):
+            emb = organ_embeddings.get(organ)
+            if emb is None:
+                continue
+            emb = np.asarray(emb, dtype=np.float32).reshape(n, -1)
+            ok = np.isfinite(emb).all(axis=1)
+            if not ok.any():
+                continue
+            d = np.full(n, -np.inf)
+            d[ok] = prompt_logit_diff(emb[ok], pos, neg, logit_scale)
+            best = np.maximum(best, d)
+        have = np.isfinite(best)
+        out[have, j] = sigmoid(best[have])
+    return out
+
+
+def finding_scores(organ_embeddings: Mapping[str, np.ndarray], findings: Iterable, prompt_embeddings: np.ndarray,
+                   logit_scale: float) -> dict[str, float]:
+    """One study: ``organ_embeddings`` {organ: [E]} (organs that were encoded) -> {finding name: probability}.
+    Findings none of whose organs is in ``organ_embeddings`` are left out (not assessable)."""
+    findings = list(findings)
+    batched = {k: np.asarray(v, dtype=np.float32).reshape(1, -1) for k, v in organ_embeddings.items()
+               if v is not None}
+    if not batched:
+        return {}
+    s = score_matrix(batched, findings, prompt_embeddings, logit_scale)[0]
+    return {f.name: float(v) for f, v in zip(findings, s) if np.isfinite(v)}
+
+
+def decide(score: float, threshold: float) -> bool:
+    """Positive call: ``score >= threshold`` (threshold from the validation split, shipped in the bundle)."""
+    return bool(np.isfinite(score) and score >= float(threshold))
+
+
+def decisions(scores: Mapping[str, float], findings: Iterable) -> dict[str, dict]:
+    """{finding: {"score", "threshold", "positive", "organ"}} for the scored findings, with each finding's threshold."""
+    out = {}
+    for f in findings:
+        if f.name in scores:
+            s = float(scores[f.name])
+            out[f.name] = {"score": s, "threshold": float(f.threshold), "positive": decide(s, f.threshold),
+                           "organ": f.organ}
+    return out
+
+
+def text_query_scores(organ_embeddings: Mapping[str, np.ndarray], query_embedding: np.ndarray,
+                      logit_scale: float) -> dict[str, float]:
+    """Free-text query: scaled cosine of one query embedding with each organ embedding (for ranking organs)."""
+    q = _unit(np.asarray(query_embedding).reshape(-1))
+    return {k: float(logit_scale) * float(_unit(np.asarray(v).reshape(-1)) @ q) for k, v in organ_embeddings.items()}

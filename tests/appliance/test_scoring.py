@@ -1,0 +1,73 @@
+"""appliance.scoring: prompt-ensemble 2-way softmax, multi-organ max, missing organs, thresholds."""
+import math
+
+import numpy as np
+import pytest
+
+from appliance.bundle import FindingSpec
+from appliance.scoring import decide, decisions, finding_scores, score_matrix
+
+
+def _unit(v):
+    v = np.asarray(v, dtype=np.float32)
+    return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+
+# prompts: 0,1 positive (near +x), 2,3 negative (near -x / +y)
+PROMPTS = _unit([[1, 0.1, 0], [1, -0.1, 0], [0, 1, 0], [-1, 0, 0.2]])
+F1 = FindingSpec("lesion", "liver", 0.5, [0, 1], [2, 3])
+F2 = FindingSpec("ascites", "liver", 0.7, [0], [3], organs=["liver", "spleen"])
+
+
+def test_hand_computed_probability():
+    e = _unit([0.6, 0.8, 0.0])
+    s = 10.0
+    lp = s * np.mean([PROMPTS[0] @ e, PROMPTS[1] @ e])
+    ln = s * np.mean([PROMPTS[2] @ e, PROMPTS[3] @ e])
+    want = math.exp(lp) / (math.exp(lp) + math.exp(ln))
+    got = finding_scores({"liver": e}, [F1], PROMPTS, s)["lesion"]
+    assert got == pytest.approx(want, rel=1e-6)
+
+
+def test_direction_and_temperature():
+    pos_like, neg_like = _unit([1, 0, 0]), _unit([-1, 0, 0])
+    hi = finding_scores({"liver": pos_like}, [F1], PROMPTS, 20.0)["lesion"]
+    lo = finding_scores({"liver": neg_like}, [F1], PROMPTS, 20.0)["lesion"]
+    assert hi > 0.99 and lo < 0.01
+    # larger temperature scale -> more confident, same side of 0.5
+    mild = finding_scores({"liver": pos_like}, [F1], PROMPTS, 1.0)["lesion"]
+    assert 0.5 < mild < hi
+
+
+def test_multi_organ_takes_max_and_missing_organs_are_not_scored():
+    liver, spleen = _unit([-1, 0, 0]), _unit([1, 0, 0])
+    both = finding_scores({"liver": liver, "spleen": spleen}, [F1, F2], PROMPTS, 10.0)
+    only_liver = finding_scores({"liver": liver}, [F2], PROMPTS, 10.0)
+    assert both["ascites"] > 0.99 > only_liver["ascites"]
+    assert finding_scores({"kidneys": liver}, [F1, F2], PROMPTS, 10.0) == {}
+    assert finding_scores({"spleen": spleen}, [F1, F2], PROMPTS, 10.0).keys() == {"ascites"}
+
+
+def test_batched_matches_single_and_nan_rows():
+    rng = np.random.default_rng(0)
+    liver = _unit(rng.normal(size=(5, 3)))
+    spleen = _unit(rng.normal(size=(5, 3)))
+    spleen[2] = np.nan
+    m = score_matrix({"liver": liver, "spleen": spleen}, [F1, F2], PROMPTS, 7.0)
+    for i in range(5):
+        emb = {"liver": liver[i]}
+        if i != 2:
+            emb["spleen"] = spleen[i]
+        one = finding_scores(emb, [F1, F2], PROMPTS, 7.0)
+        assert m[i, 0] == pytest.approx(one["lesion"]) and m[i, 1] == pytest.approx(one["ascites"])
+    liver[3] = np.nan
+    spleen[3] = np.nan
+    m = score_matrix({"liver": liver, "spleen": spleen}, [F1, F2], PROMPTS, 7.0)
+    assert np.isnan(m[3]).all()
+
+
+def test_decide_and_decisions():
+    assert decide(0.5, 0.5) and not decide(0.49, 0.5) and not decide(float("nan"), 0.1)
+    d = decisions({"lesion": 0.6, "ascites": 0.6}, [F1, F2])
+    assert d["lesion"]["positive"] and not d["ascites"]["positive"]
+    assert d["ascites"]["threshold"] == 0.7
