@@ -1,0 +1,56 @@
+"""Segmentation training data: organ label mapping on real scans, patient split, class-balanced patches."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from appliance import ontology
+from trainer.segmentation.seg_data import Case, PatchSampler, load_real, to_training_grid
+
+PP = {"spacing_mm": [3.0] * 3, "patch_size": [8, 16, 16], "clip_hu": [-1000.0, 1000.0], "mean": 0.0, "std": 300.0}
+LIVER = ontology.ORGAN_NAMES.index("liver") + 1
+
+
+def test_patient_b_labels_sit_on_the_liver(real_ct):
+    (name, img, org), = load_real("B", real_ct.parent)
+    assert name == "ts_dicom_series" and img.same_grid(org)
+    hu = float(img.array[org.array == LIVER].mean())
+    assert 60 < hu < 120, hu  # contrast-enhanced liver ~89 HU (shared data README); a flip lands far off
+    a, lab, sp = to_training_grid(img, org, (3.0, 3.0, 3.0))
+    assert sp == (3.0, 3.0, 3.0) and a.shape == lab.shape
+    assert 60 < float(a[lab == LIVER].mean()) < 120
+
+
+def test_patient_a_is_both_nifti_scans(real_ct):
+    cases = load_real("A", real_ct.parent)
+    assert [c[0] for c in cases] == ["ts_abdomen_pelvis", "ts_upper_abdomen"]
+    for _, img, org in cases:
+        assert 25 < float(img.array[org.array == LIVER].mean()) < 70  # non-contrast liver ~45 HU
+
+
+def test_patches_are_class_balanced_and_normalised():
+    rng = np.random.default_rng(0)
+    lab = np.zeros((30, 60, 60), np.uint8)
+    lab[5:25, 10:50, 10:50] = LIVER  # big organ
+    lab[14:16, 30:32, 30:32] = 6  # tiny organ (8 voxels)
+    img = np.where(lab > 0, 50.0, -1000.0).astype(np.float32)
+    s = PatchSampler([Case("t", "analytic", img, lab, (3.0,) * 3)], PP["patch_size"], PP, rng=rng, p_class=1.0,
+                     augment=False)
+    x, y = s.sample(40)
+    assert x.shape == (40, 1, 8, 16, 16) and y.shape == (40, 8, 16, 16)
+    assert x.dtype == np.float32 and y.dtype == np.int64
+    with_tiny = sum((yy == 6).any() for yy in y)
+    assert with_tiny >= 10  # ~half of the patches, although the tiny organ is 0.03 % of the voxels
+    np.testing.assert_allclose(x[:, 0][y == LIVER][:10], 50.0 / 300.0, rtol=1e-5)
+
+
+def test_augmentation_changes_intensity_not_labels():
+    rng = np.random.default_rng(1)
+    lab = np.zeros((16, 32, 32), np.uint8)
+    lab[4:12, 8:24, 8:24] = LIVER
+    img = np.where(lab > 0, 50.0, 0.0).astype(np.float32)
+    s = PatchSampler([Case("t", "analytic", img, lab, (3.0,) * 3)], PP["patch_size"], PP, rng=rng)
+    x, y = s.sample(8)
+    assert set(np.unique(y)) <= {0, LIVER}
+    assert not np.allclose(x[:, 0][y == LIVER], 50.0 / 300.0)
