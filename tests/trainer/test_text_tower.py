@@ -117,3 +117,22 @@ def test_onnx_export_dynamic_batch_and_sequence(tower, tmp_path):
             ref = tower(ids, mask).numpy()
         assert out.shape == ref.shape
         assert np.abs(out - ref).max() < 1e-4
+
+
+def test_contrastive_trainer_interface():
+    """The names trainer.model.contrastive uses: base/project/freeze_base/config()["class"]."""
+    tw = TextTower(embed_dim=16)
+    tw.freeze_base(0)
+    assert tw.n_params()[1] == 384 * 16 + 16
+    tw.freeze_base(2)
+    assert tw.freeze_layers == 4 and tw.bert.encoder.layer[5].attention.self.key.weight.requires_grad
+    tw.freeze_base(-1)
+    assert tw.n_params()[0] == tw.n_params()[1]
+    cfg = tw.config()
+    assert cfg["class"] == "trainer.model.text_tower:TextTower"
+    back = TextTower.from_config(cfg)
+    back.load_state_dict(tw.state_dict())
+    ids, mask = tw.tokenize(["ascites"])
+    tw.eval(), back.eval()
+    with torch.no_grad():
+        assert torch.allclose(tw.project(tw.base(ids, mask)), back(ids, mask), atol=1e-6)

