@@ -43,9 +43,15 @@ def load_text(encoder_ckpt: str | Path, tokenizer: str | None = None, max_length
 
     tower, cfg = load_text_tower(encoder_ckpt)
     tok = tokenizer or cfg.get("tokenizer_json") or cfg.get("tokenizer") or cfg.get("tokenizer_path")
+    if not tok:  # both text towers (contrastive.LocalTextTower, text_tower.TextTower) use MiniLM's tokenizer.json
+        from trainer.model.text_tower import tokenizer_json_path
+
+        tok = str(tokenizer_json_path())
     if not tok or not Path(tok).is_file():
         raise SystemExit(f"the text tower's tokenizer.json was not found ({tok!r}); pass --tokenizer PATH")
-    ml = int(max_length or cfg.get("max_length") or 64)
+    from appliance.text import DEFAULT_MAX_LENGTH
+
+    ml = int(max_length or cfg.get("max_length") or DEFAULT_MAX_LENGTH)
     return _NormalisedText(tower), Path(tok), ml
 
 
