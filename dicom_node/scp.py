@@ -110,9 +110,10 @@ class StorageNode:
         if called in self.config.ae_titles:
             assoc.acceptor.ae_title = called
         required_host = self.config.allowed_hosts.get(calling)
-        if required_host and required_host != event.address[0]:
+        peer = assoc.requestor.address
+        if required_host and required_host != peer:
             LOG.warning("rejecting association from %s: host %s is not the configured host for this AE", calling,
-                        event.address[0])
+                        peer)
             self._info(assoc)["status"] = "host-refused"
             assoc.acse.send_reject(0x01, 0x01, 0x03)
             assoc.is_rejected = True

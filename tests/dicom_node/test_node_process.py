@@ -30,6 +30,11 @@ def test_config_defaults_and_errors_name_the_key(tmp_path):
                      ({"tcp_nodelay": 1}, "tcp_nodelay"), ({"port": 70000}, "port")]:
         with pytest.raises(NodeConfigError, match=key):
             parse_config(bad)
+    site = tmp_path / "site.toml"  # one site file: flat node keys + the worker's table, which the node skips
+    site.write_text('port = 4243\n[destinations]\npacs = "PACS@10.0.0.1:104"\n[worker]\nresults_dir = "/x"\n')
+    assert load_config(site).port == 4243
+    with pytest.raises(NodeConfigError, match="tls_destinations"):
+        parse_config({"tls_destinations": ["nope"]})
     broken = tmp_path / "broken.toml"
     broken.write_text("port = \n")
     with pytest.raises(NodeConfigError, match="not valid TOML"):
@@ -84,7 +89,7 @@ def test_sigkill_mid_study_restart_assembles_once_and_sigterm_exits_zero(tmp_pat
     db = tmp_path / "node.db"
     cfg = tmp_path / "node.toml"
     cfg.write_text(f'port = 0\nspool_dir = "{tmp_path / "spool"}"\nstore_url = "sqlite:///{db}"\n'
-                   f'quiet_seconds = 1.5\nassembly_poll_seconds = 0.2\nmin_free_bytes = 0\n'
+                   f'quiet_seconds = 8.0\nassembly_poll_seconds = 0.2\nmin_free_bytes = 0\n'
                    f'max_disk_usage_percent = 100.0\n[destinations]\nself = "TOTALFM@127.0.0.1:1"\n')
     study = make_study(6)
     proc, port = _start_node(cfg)
@@ -96,7 +101,7 @@ def test_sigkill_mid_study_restart_assembles_once_and_sigterm_exits_zero(tmp_pat
         assert _send(port, study[3:]) == [0, 0, 0]
         uid = study[0].StudyInstanceUID
         q = "select count(*) from jobs j join studies s on s.id = j.study_id where s.study_uid = ?"
-        deadline = time.time() + 15
+        deadline = time.time() + 30  # quiet 8 s: longer than a restart on a busy host
         while time.time() < deadline and db_rows(db, q, uid)[0][0] == 0:
             time.sleep(0.2)
         time.sleep(1.0)  # further rounds must not queue it again

@@ -172,10 +172,34 @@ def test_several_ae_titles_answer_and_others_are_refused(node_factory):
     assert ok.is_established and ok.send_c_store(make_study(1)[0]).Status == 0
     ok.release()
     bad = ae.associate("127.0.0.1", node.port, ae_title="NOTOURS")
-    # pynetdicom offers no per-request called-AE hook for several titles: the node aborts right after acceptance.
-    import time
-    deadline = time.time() + 5
-    while bad.is_established and time.time() < deadline:
-        time.sleep(0.05)
-    assert not bad.is_established and bad.is_aborted
+    # A proper A-ASSOCIATE-RJ: rejected-permanent, service user, called AE title not recognised.
+    assert bad.is_rejected
+    rj = bad.acceptor.primitive
+    assert (rj.result, rj.result_source, rj.diagnostic) == (0x01, 0x01, 0x07)
     assert db_rows(node.db_path, "select count(*) from instances")[0][0] == 1
+    import time
+    for _ in range(50):
+        called = {r[0] for r in db_rows(node.db_path, "select called_ae from associations")}
+        if "TOTALFM2" in called:
+            break
+        time.sleep(0.1)
+    assert "TOTALFM2" in called  # the audit names the title that was called
+
+
+def test_wrong_host_for_calling_ae_is_rejected_not_aborted(node_factory):
+    node = node_factory(allowed_hosts={"SENDER": "10.9.9.9"})
+    assoc = scu("SENDER").associate("127.0.0.1", node.port, ae_title="TOTALFM")
+    assert assoc.is_rejected and assoc.acceptor.primitive.diagnostic == 0x03
+    assert _send(node, make_study(1), calling="OTHER") == [0]
+
+
+def test_truncated_pixel_data_is_refused(node_factory):
+    node = node_factory()
+    ds = make_study(1)[0]
+    ds.PixelData = ds.PixelData[: len(ds.PixelData) // 2]  # a stream cut short inside the pixel data
+    assoc = scu().associate("127.0.0.1", node.port, ae_title="TOTALFM")
+    rsp = assoc.send_c_store(ds)
+    assoc.release()
+    assert 0xC000 <= rsp.Status <= 0xCFFF and "truncated" in rsp.ErrorComment
+    assert not list(Path(node.config.spool_dir).rglob("*.dcm"))
+    assert db_rows(node.db_path, "select count(*) from instances")[0][0] == 0
