@@ -103,18 +103,20 @@ def encode_stage(crops: CropSet, runner: Runner, input_shape, organ_order: list[
 
 
 def score_stage(embeddings: dict[str, np.ndarray], bundle: Bundle) -> list[FindingResult]:
-    """Zero-shot scores of every bundle finding whose organ was encoded; positive = score >= calibrated threshold."""
-    from appliance.scoring import finding_scores
+    """Zero-shot scores (appliance.scoring: prompt-ensemble softmax, max over a finding's organs) of every bundle
+    finding that has an encoded organ; positive = scoring.decide(score, the bundle's calibrated threshold).
+    Findings with no encoded organ get no row ("not assessable"), never a silent 0."""
+    from appliance.scoring import decide, finding_scores
 
-    specs = [f for f in bundle.findings if f.organ in embeddings]
-    scores = finding_scores(embeddings, specs, bundle.prompt_embeddings, bundle.logit_scale) if specs else {}
+    specs = bundle.findings
+    scores = finding_scores(embeddings, specs, bundle.prompt_embeddings, bundle.logit_scale) if embeddings else {}
     out = []
     for f in specs:
-        if f.name not in scores:
+        s = scores.get(f.name)
+        if s is None or not np.isfinite(s):
             continue
-        s = float(scores[f.name])
-        out.append(FindingResult(organ=f.organ, finding=f.name, score=s, threshold=float(f.threshold),
-                                 positive=bool(s >= f.threshold)))
+        out.append(FindingResult(organ=f.organ, finding=f.name, score=float(s), threshold=float(f.threshold),
+                                 positive=bool(decide(float(s), f.threshold))))
     return out
 
 
