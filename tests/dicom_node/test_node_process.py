@@ -123,3 +123,41 @@ def test_sigkill_mid_study_restart_assembles_once_and_sigterm_exits_zero(tmp_pat
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_node_process_delivers_sr_and_seg_after_analysis(tmp_path):
+    """The node process as systemd runs it: receive a study, (a worker stand-in completes the analysis through the
+    store), the node's sender thread C-STOREs the SR and SEG to the configured destination."""
+    import pydicom
+    from tests.dicom_node.results_fixtures import StandInPACS, make_result, make_synth_study
+    study = make_synth_study(tmp_path / "synth")
+    pacs = StandInPACS()
+    db = tmp_path / "node.db"
+    cfg = tmp_path / "site.toml"
+    cfg.write_text(f'port = 0\nspool_dir = "{tmp_path / "spool"}"\nstore_url = "sqlite:///{db}"\n'
+                   f'quiet_seconds = 1.0\nassembly_poll_seconds = 0.2\ndelivery_poll_seconds = 0.3\n'
+                   f'min_free_bytes = 0\nmax_disk_usage_percent = 100.0\n'
+                   f'[destinations]\npacs = "PACS@127.0.0.1:{pacs.port}"\n[worker]\nresults_dir = "{tmp_path}"\n')
+    proc, port = _start_node(cfg)
+    try:
+        assert set(_send(port, [pydicom.dcmread(f) for f in study.files])) == {0}
+        store = open_store(f"sqlite:///{db}")
+        deadline = time.time() + 30
+        job = None
+        while job is None and time.time() < deadline:
+            job = store.claim_job("w1")
+            time.sleep(0.2)
+        assert job is not None and job.study_uid == study.study_uid
+        store.complete_job(job.id, "w1", make_result(study))
+        deadline = time.time() + 60
+        while len(pacs.received) < 2 and time.time() < deadline:
+            time.sleep(0.2)
+        assert sorted(ds.Modality for ds in pacs.received) == ["SEG", "SR"]
+        assert db_rows(db, "select kind, state from deliveries order by kind") == [("SEG", "sent"), ("SR", "sent")]
+        assert list((tmp_path / "spool" / "results").rglob("*.dcm"))  # objects kept in the spool's results dir
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        pacs.stop()
