@@ -189,7 +189,7 @@ def analyse_and_store(store, pipeline, path: str | Path, results_dir: str | Path
 
 
 def run_service(cfg, *, max_jobs: int | None = None, exit_when_idle: bool = False,
-                stop: threading.Event | None = None, pipeline=None) -> int:
+                stop: threading.Event | None = None, pipeline=None, install_signals: bool = False) -> int:
     """Load the pipeline once, then take jobs until stopped (SIGTERM/SIGINT end it after the current job)."""
     from appliance.pipeline import Pipeline
     from appliance.store import open_store
@@ -197,7 +197,7 @@ def run_service(cfg, *, max_jobs: int | None = None, exit_when_idle: bool = Fals
 
     store = open_store(cfg.store_url)
     stop = stop or threading.Event()
-    if threading.current_thread() is threading.main_thread():
+    if install_signals and threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
     pipeline = pipeline or Pipeline(cfg.bundle, backend=cfg.backend, threads=cfg.threads or None,

@@ -28,6 +28,7 @@ def main(argv: list[str]) -> int:
     cfg = load_worker_config(args.config)
     if args.worker_id:
         cfg = dataclasses.replace(cfg, worker_id=args.worker_id)
-    n = run_service(cfg, max_jobs=args.max_jobs, exit_when_idle=args.exit_when_idle)
+    n = run_service(cfg, max_jobs=args.max_jobs, exit_when_idle=args.exit_when_idle,
+                    install_signals=True)
     logging.getLogger("appliance.worker").info("worker done: %d job(s) completed", n)
     return 0
