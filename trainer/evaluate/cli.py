@@ -1,0 +1,114 @@
+"""`totalfm train eval --checkpoint CKPT --pairs DATASET --out DIR`: zero-shot evaluation of a contrastive checkpoint.
+
+Thresholds are picked on the pair dataset's ``val`` split and the metrics computed on its ``test`` split (see
+``trainer.evaluate.zeroshot`` for every decision). Writes DIR/eval.json, DIR/eval.md, DIR/eval_roc_all.png,
+DIR/eval_roc/<finding>.png and (unless --no-write-thresholds) stores the thresholds + metrics in the checkpoint, where
+the exporter picks them up. Without a pair dataset, ``--synth-val N --synth-test N`` generates analytic studies in
+process from the held-out seed ranges (val 1000-1999, test >= 2000; test with held-out phrasings).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def torch_encoders(checkpoint: str | Path):
+    """-> (encode_crops(x, organ_index) -> [B,E], embed_texts(list) -> [P,E], logit_scale, meta)."""
+    import torch
+
+    from trainer.model import checkpoint as ckptmod
+
+    enc, meta = ckptmod.load_encoder(checkpoint)
+    tower, _ = ckptmod.load_text_tower(checkpoint)
+    enc.eval()
+    tower.eval()
+
+    @torch.no_grad()
+    def encode_crops(x, oi):
+        return enc(torch.from_numpy(np.ascontiguousarray(x, np.float32)), torch.from_numpy(oi)).numpy()
+
+    @torch.no_grad()
+    def embed_texts(texts):
+        if hasattr(tower, "encode"):
+            return tower.encode(list(texts)).numpy()
+        from appliance.text import load_tokenizer, tokenize
+        from trainer.model.text_tower import tokenizer_json_path
+
+        tok = load_tokenizer(tokenizer_json_path(), getattr(tower, "max_length", 64))
+        out = []
+        for i in range(0, len(texts), 64):
+            ids, mask = tokenize(tok, texts[i:i + 64])
+            out.append(tower(torch.from_numpy(ids), torch.from_numpy(mask)).numpy())
+        return np.concatenate(out)
+
+    scale = meta.get("logit_scale") or 1.0 / 0.07
+    return encode_crops, embed_texts, float(scale), meta
+
+
+def load_splits(args, input_shape, encode, embed_dim):
+    from trainer.evaluate.zeroshot import split_from_bank
+    from trainer.model import data
+
+    if args.pairs:
+        bank = data.from_pairs(args.pairs, input_shape, splits=("val", "test"), with_labels=True)
+        src = f"pairs:{args.pairs}"
+    else:
+        bank = data.from_synth(args.synth_val, 1000 + args.seed, input_shape, kind="analytic", phrasing="train")
+        test = data.from_synth(args.synth_test, 2000 + args.seed, input_shape, kind="analytic", phrasing="heldout")
+        for name in ("x", "organ", "study", "split", "texts", "key", "labels"):
+            getattr(bank, name).extend(getattr(test, name))
+        src = f"synth:val {args.synth_val}@{1000 + args.seed}, test {args.synth_test}@{2000 + args.seed}"
+    val = split_from_bank(bank, "val", encode, embed_dim)
+    test = split_from_bank(bank, "test", encode, embed_dim)
+    return val, test, src
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="totalfm train eval", description=__doc__.split("\n")[0])
+    p.add_argument("--checkpoint", required=True, help="contrastive checkpoint (file, or run dir with final.pt)")
+    p.add_argument("--pairs", help="pair dataset (val split -> thresholds, test split -> metrics)")
+    p.add_argument("--synth-val", type=int, default=0, help="without --pairs: analytic val studies to generate")
+    p.add_argument("--synth-test", type=int, default=0, help="without --pairs: analytic test studies to generate")
+    p.add_argument("--out", required=True)
+    p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--organ-rule", choices=["any", "abnormal_prompt"], default="any")
+    p.add_argument("--no-write-thresholds", action="store_true")
+    p.add_argument("--no-plots", action="store_true")
+    args = p.parse_args(argv)
+    if not args.pairs and not (args.synth_val and args.synth_test):
+        p.error("give --pairs DATASET, or --synth-val N --synth-test N")
+
+    import torch
+
+    from trainer.evaluate.report import write_outputs
+    from trainer.evaluate.zeroshot import evaluate, finding_specs
+
+    torch.set_num_threads(max(1, args.threads))
+    t0 = time.time()
+    encode, embed_texts, scale, meta = torch_encoders(args.checkpoint)
+    cfg = meta["model_config"]
+    val, test, src = load_splits(args, cfg["input_shape"], encode, int(cfg["embed_dim"]))
+    specs, prompts = finding_specs(embed_texts)
+    res = evaluate(val, test, specs, prompts, scale, n_boot=args.bootstrap, seed=args.seed,
+                   organ_rule=args.organ_rule)
+    extra = {"checkpoint": str(args.checkpoint), "data": src, "eval_seconds": round(time.time() - t0, 1),
+             "model_config": cfg}
+    paths = write_outputs(res, args.out, extra=extra, plots=not args.no_plots)
+    if not args.no_write_thresholds:
+        from trainer.model import checkpoint as ckptmod
+
+        ckptmod.set_thresholds(args.checkpoint, res["thresholds"],
+                               metrics={"macro": res["macro"], "organ_thresholds": res["organ_thresholds"],
+                                        "data": src})
+    m = res["macro"]
+    print(json.dumps({"organ_macro_f1": m["organ_f1"], "finding_macro_auroc": m["finding_auroc"],
+                      "n_test": len(test), "n_val": len(val), **{k: str(v) for k, v in paths.items()}}))
+    print(Path(paths["markdown"]).read_text().split("## Finding")[0], file=sys.stderr)
+    return 0

@@ -1,0 +1,221 @@
+"""Zero-shot evaluation of an organ encoder + text tower (or the whole-volume baseline) on held-out studies.
+
+Scores come from ``appliance.scoring`` - the very functions the appliance runs - so thresholds saved here mean the
+same thing in production. Decisions (documented, also printed in every report):
+
+- **Finding truth** (per study): a catalogue finding is present when truth.json (via ``PairDataset.organ_labels``)
+  lists it in any organ; ``<organ>_abnormal`` is present when that organ is abnormal. A study enters a finding's
+  AUROC only if at least one of the finding's organs was encoded (otherwise the finding is "not assessable").
+- **Finding score**: ``appliance.scoring.score_matrix`` (prompt-ensemble logits, 2-way softmax, max over organs).
+- **Organ-wise lesion classification** (organ abnormal or not): the organ's score is the MAXIMUM over every finding
+  scored in that organ (its ``<organ>_abnormal`` finding and each catalogue finding listing the organ), each computed
+  from THIS organ's crop only. Why: the generic "abnormal liver" prompt alone is weak for findings the text tower has
+  seen under their specific names; any specific finding firing should make the organ abnormal. The JSON also carries
+  the ``<organ>_abnormal``-prompt-only variant ("abnormal_prompt") for comparison. Organs whose crop was not encoded in
+  a study are not assessable there (not counted as negatives).
+- **Thresholds**: picked on the VALIDATION split by max F1 (``metrics.best_threshold``), per finding and per organ,
+  then applied unchanged on the test split. A finding without validation positives keeps 0.5 (flagged
+  ``threshold_source: "default"``).
+- **Uncertainty**: percentile bootstrap over test studies (1000 resamples, 95 %); AUROC is "n/a" when the test split
+  has no positive (or no negative) for a finding.
+- **Macro figures**: mean over the organs / findings for which the metric is defined on the test split.
+
+AI draft for radiologist review - not a diagnosis.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import numpy as np
+
+from appliance import ontology
+from appliance.bundle import FindingSpec
+from appliance.scoring import DISCLAIMER, score_matrix
+from trainer.evaluate import metrics as M
+
+
+@dataclass
+class SplitData:
+    """Per-study organ embeddings of one split. ``embeddings[organ]`` is [N,E] float32 with NaN rows where the organ
+    was not encoded; ``labels[i]`` = {organ: {"abnormal": bool, "findings": [names]}} (evaluation truth)."""
+    studies: list[str]
+    embeddings: dict[str, np.ndarray]
+    labels: list[dict]
+    extra: dict = field(default_factory=dict)
+
+    def __len__(self):
+        return len(self.studies)
+
+
+def finding_specs(embed_texts: Callable[[list[str]], np.ndarray], findings: Sequence = None,
+                  thresholds: dict | None = None) -> tuple[list[FindingSpec], np.ndarray]:
+    """Ontology findings -> (FindingSpec list with pos/neg indices into the prompt table, prompt embeddings [P,E]).
+    ``embed_texts``: list[str] -> [P,E] L2-normalised (torch text tower in the trainer, ONNX in the appliance)."""
+    findings = list(findings if findings is not None else ontology.FINDINGS)
+    prompts: list[str] = []
+    index: dict[str, int] = {}
+
+    def idx(p):
+        if p not in index:
+            index[p] = len(prompts)
+            prompts.append(p)
+        return index[p]
+
+    specs = []
+    for f in findings:
+        pos = [idx(p) for p in f.positive_prompts]
+        neg = [idx(p) for p in f.negative_prompts]
+        specs.append(FindingSpec(name=f.name, organ=f.organs[0], threshold=float((thresholds or {}).get(f.name, 0.5)),
+                                 pos_index=pos, neg_index=neg, positive_prompts=list(f.positive_prompts),
+                                 negative_prompts=list(f.negative_prompts), organs=list(f.organs)))
+    emb = np.asarray(embed_texts(prompts), dtype=np.float32)
+    emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
+    return specs, emb
+
+
+def finding_truth(split: SplitData, specs: Sequence[FindingSpec]) -> np.ndarray:
+    """[N, F] bool."""
+    any_abn = {f"{o}_abnormal": o for o in ontology.ORGAN_NAMES}
+    y = np.zeros((len(split), len(specs)), dtype=bool)
+    for i, lab in enumerate(split.labels):
+        present = set()
+        for organ, d in (lab or {}).items():
+            present.update(d.get("findings") or [])
+            if d.get("abnormal"):
+                present.add(f"{organ}_abnormal")
+        for j, f in enumerate(specs):
+            y[i, j] = f.name in present or (f.name in any_abn and f"{any_abn[f.name]}_abnormal" in present)
+    return y
+
+
+def organ_scores(split: SplitData, specs: Sequence[FindingSpec], prompts: np.ndarray, logit_scale: float
+                 ) -> dict[str, dict[str, np.ndarray]]:
+    """{organ: {"any": [N], "abnormal_prompt": [N]}} scores from that organ's crop only (NaN = not encoded)."""
+    out = {}
+    for organ, emb in split.embeddings.items():
+        mine = [f for f in specs if organ in (f.organs or [f.organ])]
+        if not mine:
+            continue
+        s = score_matrix({organ: emb}, mine, prompts, logit_scale)
+        names = [f.name for f in mine]
+        any_s = np.where(np.isfinite(s).any(axis=1), np.nanmax(np.where(np.isfinite(s), s, -np.inf), axis=1),
+                         np.nan)
+        ab = s[:, names.index(f"{organ}_abnormal")] if f"{organ}_abnormal" in names else any_s
+        out[organ] = {"any": any_s, "abnormal_prompt": ab}
+    return out
+
+
+def organ_truth(split: SplitData, organ: str) -> np.ndarray:
+    return np.array([bool((lab or {}).get(organ, {}).get("abnormal", False)) for lab in split.labels])
+
+
+def _fmt_ci(ci: dict) -> list:
+    return [ci["lo"], ci["hi"]]
+
+
+def evaluate(val: SplitData, test: SplitData, findings: Sequence[FindingSpec], prompt_embeddings: np.ndarray,
+             logit_scale: float, *, n_boot: int = 1000, seed: int = 0, organ_rule: str = "any") -> dict:
+    """Thresholds on ``val``, metrics on ``test``. Returns a JSON-able dict (+ "_roc" curves for plotting)."""
+    specs = list(findings)
+    s_val = score_matrix(val.embeddings, specs, prompt_embeddings, logit_scale) if len(val) else \
+        np.full((0, len(specs)), np.nan)
+    s_test = score_matrix(test.embeddings, specs, prompt_embeddings, logit_scale)
+    y_val, y_test = finding_truth(val, specs), finding_truth(test, specs)
+
+    res: dict = {"disclaimer": DISCLAIMER, "n_studies": {"val": len(val), "test": len(test)},
+                 "logit_scale": float(logit_scale), "organ_rule": organ_rule, "findings": {}, "organs": {},
+                 "thresholds": {}, "organ_thresholds": {}, "_roc": {}}
+    catalogue = {f.name for f in ontology.CATEGORY_FINDINGS}
+    for j, f in enumerate(specs):
+        thr, vf1 = M.best_threshold(y_val[:, j], s_val[:, j]) if len(val) else (0.5, float("nan"))
+        src = "val_max_f1" if np.isfinite(vf1) else "default"
+        yt, st = y_test[:, j], s_test[:, j]
+        ok = np.isfinite(st)
+        yt, st = yt[ok], st[ok]
+        n_pos, n = int(yt.sum()), int(len(yt))
+        auc = M.auroc(yt, st)
+        ci = M.bootstrap_ci(M.auroc, yt, st, n=n_boot, seed=seed + j) if np.isfinite(auc) else \
+            {"lo": float("nan"), "hi": float("nan")}
+        conf = M.confusion(yt, st, thr)
+        res["findings"][f.name] = {
+            "organ": f.organ, "organs": list(f.organs or [f.organ]), "catalogue": f.name in catalogue,
+            "auroc": auc, "auroc_ci": _fmt_ci(ci), "n_pos": n_pos, "n": n, "n_val_pos": int(y_val[:, j].sum()),
+            "threshold": thr, "threshold_source": src, "val_f1": vf1, "f1": M.f1_from(conf), "confusion": conf}
+        res["thresholds"][f.name] = thr
+        if np.isfinite(auc):
+            fpr, tpr, _ = M.roc_curve(yt, st)
+            res["_roc"][f.name] = (fpr, tpr, auc)
+
+    ov = organ_scores(val, specs, prompt_embeddings, logit_scale) if len(val) else {}
+    ot = organ_scores(test, specs, prompt_embeddings, logit_scale)
+    for k, organ in enumerate(ontology.ORGAN_NAMES):
+        if organ not in ot:
+            continue
+        row = {}
+        for rule in ("any", "abnormal_prompt"):
+            sv = ov.get(organ, {}).get(rule, np.array([]))
+            yv = organ_truth(val, organ)[np.isfinite(sv)] if len(sv) else np.array([], bool)
+            thr, vf1 = M.best_threshold(yv, sv[np.isfinite(sv)]) if len(sv) else (0.5, float("nan"))
+            st = ot[organ][rule]
+            ok = np.isfinite(st)
+            yt, st = organ_truth(test, organ)[ok], st[ok]
+            conf = M.confusion(yt, st, thr)
+            f1 = M.f1_from(conf)
+            if int(yt.sum()) == 0:
+                f1 = float("nan")  # F1 undefined without positives (a correct all-negative call is not "F1 = 0")
+            thr_local = thr
+            ci = M.bootstrap_ci(lambda a, b: M.f1_score(a, b, thr_local) if a.any() else float("nan"), yt, st,
+                                n=n_boot, seed=seed + 1000 + k) if np.isfinite(f1) else {"lo": float("nan"),
+                                                                                          "hi": float("nan")}
+            row[rule] = {"f1": f1, "f1_ci": _fmt_ci(ci), "threshold": thr,
+                         "threshold_source": "val_max_f1" if np.isfinite(vf1) else "default", "val_f1": vf1,
+                         "auroc": M.auroc(yt, st), "n_pos": int(yt.sum()), "n": int(len(yt)), "confusion": conf}
+        res["organs"][organ] = {**row[organ_rule], "other_rule": {"rule": "abnormal_prompt" if organ_rule == "any"
+                                                                  else "any", **row["abnormal_prompt" if organ_rule
+                                                                                    == "any" else "any"]}}
+        res["organ_thresholds"][organ] = row[organ_rule]["threshold"]
+
+    fa = [v["auroc"] for v in res["findings"].values()]
+    res["macro"] = {
+        "organ_f1": M.macro(v["f1"] for v in res["organs"].values()),
+        "organ_f1_n": sum(np.isfinite(v["f1"]) for v in res["organs"].values()),
+        "finding_auroc": M.macro(fa),
+        "finding_auroc_n": int(sum(np.isfinite(a) for a in fa)),
+        "catalogue_auroc": M.macro(v["auroc"] for v in res["findings"].values() if v["catalogue"]),
+        "catalogue_auroc_n": int(sum(np.isfinite(v["auroc"]) for v in res["findings"].values() if v["catalogue"])),
+        "findings_na": sorted(k for k, v in res["findings"].items() if not np.isfinite(v["auroc"])),
+    }
+    return res
+
+
+# ------------------------------------------------------------------------------------------------ embeddings
+def split_from_bank(bank, split: str, encode: Callable[[np.ndarray, np.ndarray], np.ndarray], embed_dim: int,
+                    batch: int = 32) -> SplitData:
+    """CropBank (``trainer.model.data``) rows of one split -> SplitData. ``encode(crops [B,1,d,h,w] float32,
+    organ_index [B] int64) -> [B,E]``. Labels are per crop in the bank; merged per study."""
+    idx = [i for i, s in enumerate(bank.split) if s == split]
+    studies = sorted({bank.study[i] for i in idx})
+    pos = {s: k for k, s in enumerate(studies)}
+    emb = {o: np.full((len(studies), embed_dim), np.nan, np.float32) for o in ontology.ORGAN_NAMES}
+    labels: list[dict] = [{} for _ in studies]
+    for b in range(0, len(idx), batch):
+        chunk = idx[b:b + batch]
+        x = np.stack([bank.x[i].astype(np.float32) for i in chunk])
+        oi = np.array([bank.organ[i] for i in chunk], dtype=np.int64)
+        e = np.asarray(encode(x, oi), dtype=np.float32)
+        for i, v in zip(chunk, e):
+            organ = ontology.ORGAN_NAMES[bank.organ[i]]
+            emb[organ][pos[bank.study[i]]] = v
+            if bank.labels[i]:
+                labels[pos[bank.study[i]]][organ] = dict(bank.labels[i])
+    return SplitData(studies, emb, labels)
+
+
+def attach_truth(split: SplitData, truth_by_study: dict[str, dict]) -> SplitData:
+    """Replace/extend labels with full per-study truth ({organ: {...}} for every organ, incl. organs not cropped)."""
+    for i, s in enumerate(split.studies):
+        if s in truth_by_study:
+            split.labels[i] = {**truth_by_study[s], **{k: v for k, v in split.labels[i].items()
+                                                        if k not in truth_by_study[s]}}
+    return split
