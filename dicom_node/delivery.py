@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pydicom
 
-from appliance.store.delivery_queries import AnalysisSource, analysis_source, plan_deliveries
+from appliance.store.delivery_queries import AnalysisSource, analysis_result, analysis_source, plan_deliveries
 from dicom_node.config import NodeConfig, results_dir
 from dicom_node.spool import sanitise_uid, write_atomic
 
@@ -107,10 +107,10 @@ class ResultSender:
             raise DeliveryError(f"source instances unreadable: {exc}") from exc
         if kind == "SR":
             from dicom_node.sr import build_sr
-            latest = self.store.latest_analysis(src.study_uid)
-            if latest is None or latest[0] != analysis_id:
-                raise DeliveryError(f"analysis {analysis_id} is superseded; its result is no longer the latest")
-            ds = build_sr(latest[2], source)
+            result = analysis_result(self.store, analysis_id)
+            if result is None:
+                raise DeliveryError(f"analysis {analysis_id} no longer exists")
+            ds = build_sr(result, source)
         elif kind == "SEG":
             from dicom_node.seg import SegError, build_seg
             labels = src.artifacts.get("labels")

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import func, select
+from sqlalchemy import exists, func, select
+from sqlalchemy.orm import selectinload
 
 from appliance.store.deliveries import DELIVERY_KINDS
 from appliance.store.models import Analysis, Delivery, Instance, Series, Study
+from appliance.store.results import AnalysisResult, FindingResult, OrganResult, ReportDraft
 
 
 @dataclass(frozen=True)
@@ -29,19 +31,21 @@ def missing_deliveries(store, destinations: list[str], kinds: tuple[str, ...] = 
                        *, latest_only: bool = True) -> list[tuple[int, str, str]]:
     """(analysis_id, destination, kind) for which no delivery row exists yet, oldest analysis first.
 
-    latest_only: only each study's newest analysis version (an older version superseded before it was sent is not
-    worth sending)."""
-    if not destinations:
-        return []
+    latest_only: only each study's newest analysis version (an older version superseded before it was planned is
+    not worth sending). One indexed anti-join per (destination, kind), so the sender can run it every few seconds."""
+    out = []
     with store.read_session() as s:
-        q = select(Analysis.id, Analysis.study_id, Analysis.version)
-        rows = s.execute(q.order_by(Analysis.id)).all()
-        if latest_only:
-            newest = dict(s.execute(select(Analysis.study_id, func.max(Analysis.version))
-                                    .group_by(Analysis.study_id)).all())
-            rows = [r for r in rows if newest.get(r.study_id) == r.version]
-        have = set(s.execute(select(Delivery.analysis_id, Delivery.destination, Delivery.kind)).all())
-    return [(r.id, d, k) for r in rows for d in destinations for k in kinds if (r.id, d, k) not in have]
+        newest = (select(Analysis.study_id, func.max(Analysis.version).label("v"))
+                  .group_by(Analysis.study_id).subquery())
+        for dest in destinations:
+            for kind in kinds:
+                q = select(Analysis.id).where(~exists().where(
+                    Delivery.analysis_id == Analysis.id, Delivery.destination == dest, Delivery.kind == kind))
+                if latest_only:
+                    q = q.join(newest, (newest.c.study_id == Analysis.study_id) & (newest.c.v == Analysis.version))
+                out += [(a, dest, kind) for a in s.scalars(q.order_by(Analysis.id))]
+    order = {k: i for i, k in enumerate(kinds)}
+    return sorted(out, key=lambda r: (r[0], destinations.index(r[1]), order[r[2]]))
 
 
 def plan_deliveries(store, destinations: list[str], kinds: tuple[str, ...] = DELIVERY_KINDS) -> list[int]:
@@ -81,3 +85,20 @@ def delivery_states(store, analysis_id: int | None = None) -> list[dict]:
         return [{"id": d.id, "analysis_id": d.analysis_id, "destination": d.destination, "kind": d.kind,
                  "state": d.state, "attempts": d.attempts, "last_error": d.last_error, "sent_at": d.sent_at,
                  "next_try_at": d.next_try_at} for d in s.scalars(q)]
+
+
+def analysis_result(store, analysis_id: int) -> AnalysisResult | None:
+    """The stored result of one analysis version (Store.latest_analysis gives only the newest): the SR of a version
+    must describe that version even when a newer one exists by the time it is sent. Embeddings are left out."""
+    with store.read_session() as s:
+        a = s.scalars(select(Analysis).where(Analysis.id == analysis_id)
+                      .options(selectinload(Analysis.organ_results), selectinload(Analysis.findings),
+                               selectinload(Analysis.report))).one_or_none()
+        if a is None:
+            return None
+        organs = [OrganResult(o.organ, o.status, o.volume_ml, o.mean_hu, o.std_hu)
+                  for o in sorted(a.organ_results, key=lambda o: o.id)]
+        findings = [FindingResult(f.organ, f.finding, f.score, f.threshold, f.positive)
+                    for f in sorted(a.findings, key=lambda f: f.id)]
+        report = ReportDraft(a.report.draft_text, a.report.structured, a.report.model_ids) if a.report else None
+        return AnalysisResult(organs, findings, report, a.series_uid, a.bundle_id, a.backend, a.timings, a.artifacts)
