@@ -1,0 +1,75 @@
+"""trainer.evaluate.zeroshot.evaluate on constructed embeddings: truth rules, val thresholds, n/a, reports."""
+import json
+
+import numpy as np
+
+from appliance import ontology
+from trainer.evaluate.report import comparison_markdown, write_outputs
+from trainer.evaluate.zeroshot import SplitData, evaluate, finding_specs, finding_truth
+
+
+def _text_space(texts):
+    """A deterministic 'text tower': each prompt -> unit vector; negatives of a finding point opposite-ish."""
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(len(texts), 32)).astype(np.float32)
+
+
+def _split(n, seed, specs, prompts, findings=("hepatic_steatosis", "splenomegaly")):
+    rng = np.random.default_rng(seed)
+    emb = {o: np.full((n, 32), np.nan, np.float32) for o in ontology.ORGAN_NAMES}
+    labels = []
+    byname = {f.name: f for f in specs}
+    for i in range(n):
+        lab = {}
+        for organ in ("liver", "spleen", "kidneys"):
+            lab[organ] = {"abnormal": False, "findings": []}
+            neg_dirs = [prompts[byname[f.name].neg_index].mean(0) for f in specs if f.organ == organ]
+            v = np.sum(neg_dirs, axis=0) + rng.normal(0, 0.3, 32)
+            emb[organ][i] = v / np.linalg.norm(v)
+        for fname in findings:
+            f = byname[fname]
+            if rng.random() < 0.4:
+                lab[f.organ] = {"abnormal": True, "findings": [fname]}
+                v = prompts[f.pos_index].mean(0) * 3 + rng.normal(0, 0.3, 32)
+                emb[f.organ][i] = v / np.linalg.norm(v)
+        labels.append(lab)
+    return SplitData([f"s{seed}-{i}" for i in range(n)], emb, labels)
+
+
+def test_evaluate_separable_and_outputs(tmp_path):
+    specs, prompts = finding_specs(_text_space)
+    assert len(specs) == len(ontology.FINDINGS) and prompts.shape[1] == 32
+    val, test = _split(40, 1, specs, prompts), _split(40, 2, specs, prompts)
+    res = evaluate(val, test, specs, prompts, logit_scale=20.0, n_boot=100)
+    f = res["findings"]
+    assert f["hepatic_steatosis"]["auroc"] > 0.95 and f["splenomegaly"]["auroc"] > 0.95
+    assert f["hepatic_steatosis"]["threshold_source"] == "val_max_f1"
+    assert f["hepatic_steatosis"]["auroc_ci"][0] <= f["hepatic_steatosis"]["auroc"]
+    assert np.isnan(f["renal_cyst"]["auroc"])  # no positives in test -> n/a
+    assert "renal_cyst" in res["macro"]["findings_na"]
+    assert f["lung_nodule"]["n"] == 0  # lungs never encoded -> not assessable
+    assert res["organs"]["liver"]["f1"] > 0.9 and np.isnan(res["organs"]["kidneys"]["f1"])
+    assert "lungs" not in res["organs"] or res["organs"]["lungs"]["n"] == 0
+    assert res["macro"]["organ_f1_n"] == 2
+    paths = write_outputs(res, tmp_path, extra={"checkpoint": "x"})
+    data = json.loads(paths["json"].read_text())
+    assert data["findings"]["renal_cyst"]["auroc"] is None and "_roc" not in data
+    md = paths["markdown"].read_text()
+    assert "not a diagnosis" in md and "| hepatic_steatosis |" in md
+    assert paths["roc"].stat().st_size > 1000 and (tmp_path / "eval_roc" / "splenomegaly.png").exists()
+    # comparison against a worse "baseline"
+    rnd = _split(40, 2, specs, prompts)
+    for o in rnd.embeddings:
+        rnd.embeddings[o] = np.random.default_rng(5).normal(size=rnd.embeddings[o].shape).astype(np.float32)
+    base = evaluate(val, rnd, specs, prompts, logit_scale=20.0, n_boot=50)
+    text, wins = comparison_markdown(res, base, {"gflops_per_study": 8.9}, {"gflops_per_study": 50.0})
+    assert wins["organ_wins"] >= 2 and "whole-volume" in text
+
+
+def test_finding_truth_abnormal_and_multi_organ():
+    specs, _ = finding_specs(_text_space)
+    names = [f.name for f in specs]
+    split = SplitData(["a"], {}, [{"spleen": {"abnormal": True, "findings": ["ascites"]}}])
+    y = finding_truth(split, specs)[0]
+    assert y[names.index("ascites")] and y[names.index("spleen_abnormal")]
+    assert not y[names.index("liver_abnormal")]
