@@ -110,7 +110,12 @@ class ResultSender:
             result = analysis_result(self.store, analysis_id)
             if result is None:
                 raise DeliveryError(f"analysis {analysis_id} no longer exists")
-            ds = build_sr(result, source)
+            segmentation = None
+            try:  # the SR's organ groups reference the segments of the SEG sent with it (built once, same UIDs)
+                segmentation = pydicom.dcmread(self.build(analysis_id, "SEG"))
+            except DeliveryError as exc:
+                LOG.warning("SR of analysis %d without segment references: %s", analysis_id, exc)
+            ds = build_sr(result, source, segmentation=segmentation)
         elif kind == "SEG":
             from dicom_node.seg import SegError, build_seg
             labels = src.artifacts.get("labels")

@@ -52,9 +52,13 @@ def _measurement(name: Code, value: float, unit: Code, algo, site, derivation: C
                              finding_sites=[site])
 
 
-def build_sr(result: AnalysisResult, source: Sequence[Dataset], *, sop_instance_uid: str | None = None,
-             series_instance_uid: str | None = None, instance_number: int = 1) -> hd.sr.Comprehensive3DSR:
-    """The SR for one analysis; `source` = the analysed series' instances (headers suffice), all of one study."""
+def build_sr(result: AnalysisResult, source: Sequence[Dataset], *, segmentation: Dataset | None = None,
+             sop_instance_uid: str | None = None, series_instance_uid: str | None = None,
+             instance_number: int = 1) -> hd.sr.Comprehensive3DSR:
+    """The SR for one analysis; `source` = the analysed series' instances (headers suffice), all of one study.
+
+    segmentation: the SEG sent with it; each organ that has a segment there becomes a volumetric ROI group
+    (TID 1411) that references its segment, as IHE AI Results asks, instead of a plain TID 1501 group."""
     if not source:
         raise ValueError("no source instances: the SR must reference the analysed series")
     version = software_version(result.bundle_id)
@@ -66,6 +70,8 @@ def build_sr(result: AnalysisResult, source: Sequence[Dataset], *, sop_instance_
             name=ALGORITHM_NAME, manufacturer_name=MANUFACTURER, model_name=version))
     context = hd.sr.ObservationContext(observer_device_context=observer)
 
+    segments = ({str(d.SegmentLabel): int(d.SegmentNumber) for d in segmentation.SegmentSequence}
+                if segmentation is not None else {})
     organs = {o.organ: o for o in result.organs}
     by_organ: dict[str, list] = {}
     for f in result.findings:
@@ -93,10 +99,15 @@ def build_sr(result: AnalysisResult, source: Sequence[Dataset], *, sop_instance_
         if not measurements and not evaluations:
             continue
         status = o.status if o is not None else "not segmented"
-        groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(
+        common = dict(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(), identifier=f"{name} ({status})"),
             finding_type=ANATOMICAL_STRUCTURE, algorithm_id=algo, finding_sites=[site],
-            measurements=measurements or None, qualitative_evaluations=evaluations or None))
+            measurements=measurements or None, qualitative_evaluations=evaluations or None)
+        if name in segments:
+            groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+                referenced_segment=hd.sr.ReferencedSegment.from_segmentation(segmentation, segments[name]), **common))
+        else:
+            groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(**common))
 
     report = hd.sr.MeasurementReport(observation_context=context, procedure_reported=CT_PROCEDURE,
                                      imaging_measurements=groups or None, title=codes.DCM.ImagingMeasurementReport)
@@ -110,7 +121,7 @@ def build_sr(result: AnalysisResult, source: Sequence[Dataset], *, sop_instance_
     report[0].ContentSequence.append(texts)
 
     sr = hd.sr.Comprehensive3DSR(
-        evidence=[with_type2(d) for d in source], content=report[0],
+        evidence=[with_type2(d) for d in source] + ([segmentation] if segmentation is not None else []), content=report[0],
         series_instance_uid=series_instance_uid or generate_uid(), series_number=SR_SERIES_NUMBER,
         sop_instance_uid=sop_instance_uid or generate_uid(), instance_number=instance_number,
         manufacturer=MANUFACTURER, is_complete=False, is_final=False, is_verified=False)

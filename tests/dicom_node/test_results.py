@@ -71,6 +71,17 @@ def test_sr_content_and_dciodvfy(study, tmp_path):
     if shutil.which("dciodvfy"):
         errors, warnings = _dciodvfy(path)
         assert errors == [], errors
+    # With the SEG: volumetric ROI groups (TID 1411) referencing each organ's segment, still valid.
+    seg = tmp_path / "seg.dcm"
+    build_seg(study.labels_path, src).save_as(seg, enforce_file_format=True)
+    with_seg = build_sr(make_result(study), src, segmentation=pydicom.dcmread(seg))
+    with_seg.save_as(path, enforce_file_format=True)
+    segs = [i for i in _walk(pydicom.dcmread(path).ContentSequence) if i.ValueType == "IMAGE"
+            and "ReferencedSegmentNumber" in i.ReferencedSOPSequence[0]]
+    assert len(segs) == len([n for n in np.unique(study.organ_map) if n])
+    if shutil.which("dciodvfy"):
+        errors, warnings = _dciodvfy(path)
+        assert errors == [], errors
 
 
 def _seg_frames(seg: pydicom.Dataset) -> dict[tuple[str, str], np.ndarray]:
@@ -162,6 +173,10 @@ def test_sender_delivers_sr_and_seg_once_and_retries_after_failure(node_factory,
         assert set(got) == {"SR", "SEG"}
         assert {k: got[k].SOPInstanceUID for k in got} == built  # same objects as built before the failure
         assert all(ds.StudyInstanceUID == study.study_uid for ds in pacs.received)
+        # IHE AI Results: the SR's organ groups reference the segments of the SEG that was sent with it.
+        seg_refs = {r.ReferencedSOPInstanceUID for i in _walk(got["SR"].ContentSequence) if i.ValueType == "IMAGE"
+                    for r in i.ReferencedSOPSequence if r.ReferencedSOPClassUID == got["SEG"].SOPClassUID}
+        assert seg_refs == {got["SEG"].SOPInstanceUID}
         assert [s["state"] for s in delivery_states(store2, analysis_id)] == ["sent", "sent"]
         assert ResultSender(cfg, store2).run_once().__dict__ == {"planned": 0, "sent": 0, "failed": 0}
         assert len(pacs.received) == 2
