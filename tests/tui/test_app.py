@@ -49,7 +49,7 @@ def test_dashboard_shows_node_workers_queue_disk_model(make_app):
             assert "worker-1" in t and "idle" in t and "LOST" in t  # worker-2's heartbeat is 10 min old
             assert "pending 1  running 0  failed 1  done 1" in t
             assert "3 in the last hour" in t
-            assert "42% used" in t and "watermark 95%" in t
+            assert "42% used, 290 GiB free; watermark 95%" in t
             assert "totalfm-untrained-0001" in t and "cpu (onnxruntime)" in t and "SmolLM2" in t
             assert DRAFT_LABEL in t
     asyncio.run(run())
@@ -94,7 +94,7 @@ def test_study_detail_shows_series_organs_findings_draft_versions_deliveries(mak
         async with app.run_test(size=(120, 40)) as pilot:
             await open_study(pilot, UID_A)
             head = text_of(app, "#head")
-            assert "ACC1001" in head and "ABD PELVIS" in head and "analysed" in head
+            assert "ACC1001" in head and "20 img" in head and "ABD PELVIS" in head and "analysed" in head
             organs = table_rows(app, "#organs")
             assert organs[0][:3] == ["liver", "ok", "1612"] and ["lungs", "truncated_by_scan", "-", "-", "-"] in organs
             findings = table_rows(app, "#findings")
@@ -307,3 +307,12 @@ def test_cli_rejects_missing_database(tmp_path, capsys):
     from tui.cli import main
     with pytest.raises(TotalFMError, match="cannot open the database|does not exist"):
         main(["--db", f"sqlite:///{tmp_path}/nope/x.db"])
+
+
+def test_screenshots_script_writes_dashboard_and_detail(db, tmp_path):
+    from tui.screenshots import main
+    out = tmp_path / "shots"
+    assert main([db[0], str(out), "--at", NOW.isoformat(), "--size", "80x24"]) == 0
+    dash, detail = (out / "dashboard.svg").read_text(), (out / "study_detail.svg").read_text()
+    assert dash.startswith("<svg") and "Dashboard" in dash
+    assert "hepatic_steatosis" in detail  # newest analysed study: A
