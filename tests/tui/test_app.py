@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -14,6 +17,7 @@ from appliance.store.models import AuditEvent, Delivery, Job, ReportRow
 from tests.tui.fill import NOW, UID_A, UID_B, UID_C
 from tui.app import DRAFT_LABEL, DashboardScreen, StudiesScreen, StudyDetailScreen
 
+ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
@@ -276,14 +280,18 @@ def test_audit_view_lists_associations_and_admin_actions(make_app):
     asyncio.run(run())
 
 
-def test_live_refresh_while_another_process_writes(make_app, store):
+def test_live_refresh_while_another_process_writes(make_app, db):
+    """A separate process (as the node and a worker are) writes; the open dashboard shows it on its next tick."""
+    code = ("import sys; from appliance.store import open_store; s = open_store(sys.argv[1], migrate_schema=False); "
+            f"s.enqueue_analysis({UID_C!r}, reason='new images'); "
+            "s.worker_heartbeat('worker-3', host='ct-ai-02', pid=1, current_job_id=None)")
+
     async def run():
-        app = make_app()
+        app = make_app(now=lambda: dt.datetime.now(dt.timezone.utc).replace(tzinfo=None))
         async with app.run_test(size=(80, 24)) as pilot:
             await pilot.pause()
             assert "failed 1" in text_of(app, "#dash")
-            store.enqueue_analysis(UID_C, reason="new images")  # as the node's assembly would
-            store.worker_heartbeat("worker-3", host="ct-ai-02", pid=1, current_job_id=None)
+            subprocess.run([sys.executable, "-c", code, db[0]], check=True, cwd=ROOT, timeout=60)
             await pilot.pause(0.8)
             t = text_of(app, "#dash")
             assert "pending 2" in t and "worker-3" in t
