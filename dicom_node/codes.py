@@ -69,4 +69,10 @@ def with_type2(ds):
     for key in TYPE2_PATIENT_STUDY:
         if key not in out:
             setattr(out, key, "")
+    # Some anonymisers blank the dataset's SOP Class/Instance UIDs; the file meta (which our SCP writes from the
+    # C-STORE request) still names them.
+    meta = getattr(out, "file_meta", None)
+    for key, meta_key in (("SOPClassUID", "MediaStorageSOPClassUID"), ("SOPInstanceUID", "MediaStorageSOPInstanceUID")):
+        if not str(out.get(key, "") or "").strip() and meta is not None and meta.get(meta_key):
+            setattr(out, key, str(meta.get(meta_key)))
     return out

@@ -203,3 +203,47 @@ def test_missing_label_map_fails_the_seg_only_with_a_clear_error(node_factory, s
         assert [ds.Modality for ds in pacs.received] == ["SR"]
     finally:
         pacs.stop()
+
+
+REAL = __import__("pathlib").Path("/work/shared/data/real-ct/ts_dicom_series")
+
+
+@pytest.mark.skipif(not (REAL / "seg_totalsegmentator_fast.nii.gz").is_file(), reason="shared real CT not present")
+def test_seg_geometry_on_a_real_series_matches_the_appliance_reader(tmp_path):
+    """Patient B's real 512x512 series and its TotalSegmentator labels: the SEG's sampling of the label map equals
+    the appliance's own read_series + resample(order=0) on every pixel, and the SEG/SR validate."""
+    from pydicom.uid import generate_uid
+    from appliance.crops import organ_index_map
+    from appliance.dicom_io import read_series
+    from appliance.nifti_io import read_nifti, write_nifti
+    from appliance.volume import Volume, resample
+    from dicom_node.seg import labels_on_source, sort_slices
+    ts = read_nifti(REAL / "seg_totalsegmentator_fast.nii.gz")
+    organs = Volume(organ_index_map(ts), ts.spacing, ts.origin, ts.direction)
+    write_nifti(organs, tmp_path / "labels.nii.gz")
+    src = sort_slices([pydicom.dcmread(f, stop_before_pixels=True) for f in sorted((REAL / "dicom").glob("*.dcm"))])
+    ct = read_series(REAL / "dicom")
+    ref = resample(organs, reference=ct, order=0).array
+    mine = labels_on_source(organs, src)
+    for j, ds in enumerate(src):
+        k = int(round(float(np.dot(np.asarray(ds.ImagePositionPatient, float) - np.asarray(ct.origin),
+                                   np.asarray(ct.direction)[:, 0])) / ct.spacing[0]))
+        assert np.array_equal(mine[j], ref[k]), f"slice {j}"
+    study_uid, series_uid = generate_uid(), generate_uid()
+    for ds in src:  # this anonymised series has blank study/series UIDs, which our SCP would refuse
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+    seg_path, sr_path = tmp_path / "seg.dcm", tmp_path / "sr.dcm"
+    build_seg(tmp_path / "labels.nii.gz", src).save_as(seg_path, enforce_file_format=True)
+    result = make_result_for(organs)
+    build_sr(result, src, segmentation=pydicom.dcmread(seg_path)).save_as(sr_path, enforce_file_format=True)
+    if shutil.which("dciodvfy"):
+        for p in (seg_path, sr_path):
+            errors, _ = _dciodvfy(p)
+            assert errors == [], (p.name, errors)
+
+
+def make_result_for(organs):
+    from appliance.store.results import AnalysisResult, OrganResult, ReportDraft
+    present = [ontology.ORGANS[i - 1].name for i in np.unique(organs.array) if i]
+    return AnalysisResult([OrganResult(n, "ok", 100.0, 40.0, 5.0) for n in present], [], ReportDraft("draft"),
+                          None, "bundle-test-1")
