@@ -31,7 +31,8 @@ DRAFT_LABEL = "AI draft for radiologist review - not a diagnosis"
 
 
 def _gib(n: int) -> str:
-    return f"{n / (1 << 30):.1f} GiB"
+    g = n / (1 << 30)
+    return f"{g:.0f} GiB" if g >= 10 else f"{g:.1f} GiB"
 
 
 def _num(v, fmt: str = "{:.0f}") -> str:
@@ -121,13 +122,13 @@ class DashboardScreen(Base):
         if not disk["known"]:
             t.append(disk["why"] + "\n", style="yellow")
         else:
-            width = 20
+            width = 12
             filled = int(round(width * disk["percent"] / 100))
             mark = int(round(width * disk["watermark_percent"] / 100))
             bar = "".join("█" if i < filled else ("|" if i == mark else "░") for i in range(width))
             t.append(bar, style="red" if disk["over"] else "green")
-            t.append(f" {disk['percent']:.0f}% used, {_gib(disk['free'])} free "
-                     f"(watermark {disk['watermark_percent']:.0f}%, reserve {_gib(disk['min_free_bytes'])})\n")
+            t.append(f" {disk['percent']:.0f}% used, {_gib(disk['free'])} free; "
+                     f"watermark {disk['watermark_percent']:.0f}%, reserve {_gib(disk['min_free_bytes'])}\n")
             if disk["over"]:
                 t.append("       over the watermark: the node refuses new images\n", style="bold red")
         t.append("Model  ", style="bold")
@@ -142,7 +143,8 @@ class DashboardScreen(Base):
 
 class StudiesScreen(Base):
     TITLE = "Studies"
-    BINDINGS = [Binding("slash", "search", "Search"), Binding("enter", "open", "Open", show=True)]
+    BINDINGS = [Binding("slash", "search", "Search"), Binding("enter", "open", "Open", show=True),
+                Binding("escape", "to_list", "List", show=False)]
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -167,6 +169,9 @@ class StudiesScreen(Base):
         self.reload()
 
     def on_input_submitted(self, event: Input.Submitted) -> None:
+        self.query_one(DataTable).focus()
+
+    def action_to_list(self) -> None:
         self.query_one(DataTable).focus()
 
     def action_search(self) -> None:
@@ -201,11 +206,11 @@ class StudyDetailScreen(Base):
         yield Header()
         with VerticalScroll(id="detail"):
             yield Static(id="head")
-            yield Static("Organs", classes="section")
-            yield DataTable(id="organs", cursor_type="row", show_cursor=False)
             yield Static("Findings (score vs threshold)", classes="section")
             yield DataTable(id="findings", cursor_type="row", show_cursor=False)
             yield Static(id="draft")
+            yield Static("Organs", classes="section")
+            yield DataTable(id="organs", cursor_type="row", show_cursor=False)
             yield Static("Versions", classes="section")
             yield Static(id="versions")
             yield Static("Deliveries (select, then e = resend, o = C-ECHO)", classes="section")
@@ -228,8 +233,8 @@ class StudyDetailScreen(Base):
         t = Text()
         t.append("Study ", style="bold")
         t.append(f"{d['study_uid']}\n")
-        t.append(f"accession {d['accession'] or '-'}  date {d['date'] or '-'}  {d['instances']} images, "
-                 f"last received {queries.stamp(d['received'])} UTC\n")
+        t.append(f"acc. {d['accession'] or '-'}  date {d['date'] or '-'}  {d['instances']} img, "
+                 f"received {queries.stamp(d['received'])[:16]} UTC\n")
         for s in d["series"]:
             used = d["latest"] is not None and d["latest"]["series_uid"] == s["uid"]
             t.append("  ▶ " if used else "    ", style="bold green")
@@ -416,6 +421,7 @@ class AuditScreen(Base):
     def compose(self) -> ComposeResult:
         yield Header()
         yield DataTable(id="audit", cursor_type="row", zebra_stripes=True)
+        yield Static(id="auditdetail")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -424,10 +430,20 @@ class AuditScreen(Base):
         self.query_one(DataTable).focus()
 
     def reload(self) -> None:
-        rows = queries.audit_log(self.app.store)
+        self.rows = queries.audit_log(self.app.store)
         _fill(self.query_one(DataTable),
-              [(queries.stamp(r["at"]), r["kind"], r["who"][:24], r["what"][:28], escape(r["detail"][:60]))
-               for r in rows], [str(i) for i in range(len(rows))])
+              [(queries.stamp(r["at"])[5:16], r["kind"], r["who"][:22], r["what"][:24], escape(r["detail"][:60]))
+               for r in self.rows], [str(i) for i in range(len(self.rows))])
+        self._show_detail()
+
+    def _show_detail(self) -> None:
+        table = self.query_one(DataTable)
+        r = self.rows[table.cursor_row] if self.rows and 0 <= table.cursor_row < len(self.rows) else None
+        self.query_one("#auditdetail", Static).update(
+            Text(f"{queries.stamp(r['at'])} UTC {r['who']}: {r['what']} {r['detail']}") if r else "")
+
+    def on_data_table_row_highlighted(self, event: DataTable.RowHighlighted) -> None:
+        self._show_detail()
 
 
 # --- the app --------------------------------------------------------------------------------------------------------

@@ -277,6 +277,7 @@ def test_audit_view_lists_associations_and_admin_actions(make_app):
             assert rows[0][1:4] == ["assoc", "UNKNOWN@10.0.0.7", "rejected -> TOTALFM"]
             assert any(r[1] == "admin" and r[3] == "setting_changed" for r in rows)
             assert sum(r[1] == "assoc" for r in rows) == 4
+            assert "calling AE not allowed" in text_of(app, "#auditdetail")  # full detail of the selected row
     asyncio.run(run())
 
 
