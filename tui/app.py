@@ -21,7 +21,7 @@ from textual import work
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import VerticalScroll
-from textual.screen import Screen
+from textual.screen import ModalScreen, Screen
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
 from appliance.store.models import utcnow
@@ -39,8 +39,31 @@ def _num(v, fmt: str = "{:.0f}") -> str:
     return "-" if v is None else fmt.format(v)
 
 
+def _spark(values: list[int]) -> str:
+    """Studies per hour as block characters (one per hour, oldest first); empty hours are a low dot."""
+    blocks = "▁▂▃▄▅▆▇█"
+    top = max(values) if values else 0
+    return "".join("·" if v == 0 else blocks[min(7, (v * 8 - 1) // top)] for v in values)
+
+
 def _short_uid(uid: str, n: int = 24) -> str:
     return uid if len(uid) <= n else "…" + uid[-(n - 1):]
+
+
+class Confirm(ModalScreen[bool]):
+    """y / Enter = yes, n / Esc = no: for actions that stop work or cost compute."""
+    BINDINGS = [Binding("y", "answer(True)", "Yes"), Binding("enter", "answer(True)", "Yes", show=False),
+                Binding("n", "answer(False)", "No"), Binding("escape", "answer(False)", "No", show=False)]
+
+    def __init__(self, question: str):
+        super().__init__()
+        self.question = question
+
+    def compose(self) -> ComposeResult:
+        yield Static(Text(f"{self.question}\n\n[y] yes   [n] no"), id="confirm")
+
+    def action_answer(self, yes: bool) -> None:
+        self.dismiss(yes)
 
 
 class Base(Screen):
@@ -52,6 +75,14 @@ class Base(Screen):
 
     def reload(self) -> None:  # pragma: no cover - overridden
         pass
+
+    def confirm_then(self, question: str, do: Callable[[], actions.Outcome]) -> None:
+        def done(yes: bool | None) -> None:
+            if yes:
+                self.tell(do())
+            else:
+                self.tell(actions.Outcome(True, "nothing done"))
+        self.app.push_screen(Confirm(question), done)
 
     def tell(self, outcome: actions.Outcome) -> None:
         self.app.last_message = outcome.message
@@ -113,6 +144,9 @@ class DashboardScreen(Base):
         t.append("Studies", style="bold")
         t.append(f" {d['studies_last_hour']} in the last hour; 24 h: {d['studies_last_24h']} in, "
                  f"{d['analyses_last_24h']} analysed\n")
+        t.append("       24 h ")
+        t.append(_spark(d["hourly"]), style="cyan")
+        t.append(" now\n")
         dl = d["deliveries"]
         t.append("Sends  ", style="bold")
         t.append(f"pending {dl['pending']}  ")
@@ -293,7 +327,8 @@ class StudyDetailScreen(Base):
         return next((x for x in self.detail["latest"]["deliveries"] if str(x["id"]) == key), None)
 
     def action_reanalyse(self) -> None:
-        self.tell(actions.reanalyse(self.app.store, self.study_uid, self.app.actor))
+        self.confirm_then(f"Queue a new analysis of study {self.study_uid}?",
+                          lambda: actions.reanalyse(self.app.store, self.study_uid, self.app.actor))
 
     def action_review(self) -> None:
         if not self.detail or not self.detail["latest"]:
@@ -367,7 +402,8 @@ class JobsScreen(Base):
     def action_cancel_job(self) -> None:
         j = self._selected()
         if j:
-            self.tell(actions.cancel_job(self.app.store, j["id"], self.app.actor))
+            self.confirm_then(f"Cancel job {j['id']} ({j['state']}) of study {j['study_uid']}?",
+                              lambda: actions.cancel_job(self.app.store, j["id"], self.app.actor))
 
     def action_filter(self) -> None:
         self.only_failed = not self.only_failed

@@ -68,6 +68,10 @@ def dashboard(store, *, now: dt.datetime, disk: dict) -> dict:
                             .where(Study.first_received_at >= now - dt.timedelta(hours=1))) or 0
         per_day = s.scalar(select(func.count()).select_from(Study)
                            .where(Study.first_received_at >= now - dt.timedelta(hours=24))) or 0
+        since = now - dt.timedelta(hours=24)
+        hourly = [0] * 24  # index 23 = the last hour
+        for (t,) in s.execute(select(Study.first_received_at).where(Study.first_received_at >= since)):
+            hourly[min(23, max(0, 23 - int((now - t).total_seconds() // 3600)))] += 1
         done_day = s.scalar(select(func.count()).select_from(Analysis)
                             .where(Analysis.created_at >= now - dt.timedelta(hours=24))) or 0
         latest = s.execute(select(Analysis.bundle_id, Analysis.backend, Analysis.id)
@@ -83,7 +87,7 @@ def dashboard(store, *, now: dt.datetime, disk: dict) -> dict:
     return {
         "nodes": nodes, "last_received": age(now, last_rx) if last_rx else "never", "workers": workers,
         "queue": {k: counts.get(k, 0) for k in ("pending", "running", "failed", "done", "cancelled")},
-        "studies_last_hour": per_hour, "studies_last_24h": per_day, "analyses_last_24h": done_day,
+        "studies_last_hour": per_hour, "studies_last_24h": per_day, "hourly": hourly, "analyses_last_24h": done_day,
         "bundle": (latest.bundle_id if latest else None) or settings.get("bundle_id") or "-",
         "backend": (latest.backend if latest else None) or settings.get("backend") or "-",
         "llm": llm or settings.get("llm") or "-",

@@ -52,6 +52,7 @@ def test_dashboard_shows_node_workers_queue_disk_model(make_app):
             assert "last image received: 2m ago" in t
             assert "worker-1" in t and "idle" in t and "LOST" in t  # worker-2's heartbeat is 10 min old
             assert "pending 1  running 0  failed 1  done 1" in t
+            assert "24 h " + "·" * 23 + "█ now" in t  # all three studies arrived in the last hour
             assert "3 in the last hour" in t
             assert "42% used, 290 GiB free; watermark 95%" in t
             assert "totalfm-untrained-0001" in t and "cpu (onnxruntime)" in t and "SmolLM2" in t
@@ -135,7 +136,10 @@ def test_action_reanalyse(make_app, store):
         app = make_app()
         async with app.run_test(size=(80, 24)) as pilot:
             await open_study(pilot, UID_A)
-            await pilot.press("r")
+            await pilot.press("r", "n")  # asked first; "no" does nothing
+            await pilot.pause()
+            assert app.last_message == "nothing done"
+            await pilot.press("r", "y")
             await pilot.pause()
             assert "re-analysis queued as job" in app.last_message
             assert "pending" in text_of(app, "#versions")
@@ -221,9 +225,12 @@ def test_jobs_retry_cancel_filter(make_app, store, db):
             await pilot.pause()
             await pilot.press("x")  # cursor on the first row: the pending job of study C
             await pilot.pause()
+            assert "Cancel job" in str(app.screen.query_one("#confirm").content)
+            await pilot.press("y")
+            await pilot.pause()
             assert f"job {ids['job_pending']} cancelled" in app.last_message
             await pilot.press("down", "down")
-            await pilot.press("x")  # a done job cannot be cancelled: the store's message is shown
+            await pilot.press("x", "y")  # a done job cannot be cancelled: the store's message is shown
             await pilot.pause()
             assert "only pending or running jobs can be cancelled" in app.last_message
     asyncio.run(run())
