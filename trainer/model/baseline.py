@@ -275,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     tr = train(model, [s for s in studies if s.split == "train"], time_budget=float(budget or 1e9),
                batch_size=args.batch_size, lr=args.lr, seed=args.seed, out_dir=out, max_steps=args.max_steps)
     torch.save({"format": "totalfm-baseline-ckpt", "model_config": cfg.to_dict(), "image": model.image.state_dict(),
-                "text": model.text.checkpoint_entry(), "logit_scale": float(model.logit_scale.exp()),
+                "text": model.text.checkpoint_entry(), "logit_scale": float(model.logit_scale.detach().exp()),
                 "grid": list(args.grid), "hu_window": list(HU_WINDOW), "data": src}, out / "baseline.pt")
     scale = float(model.logit_scale.detach().clamp(max=math.log(100.0)).exp())
     specs, prompts = finding_specs(embed_texts_fn(model))
