@@ -118,14 +118,18 @@ class DashboardScreen(Base):
         t = Text()
         t.append("Node   ", style="bold")
         if not d["nodes"]:
-            t.append("no node has reported (is totalfm-node running?)\n", style="red")
+            cfg = app.node_config
+            if cfg is not None:
+                t.append(f"{'/'.join(cfg.ae_titles)} {cfg.bind_address}:{cfg.port}  ", style="bold")
+            t.append("no heartbeat in the database\n", style="red")
+            t.append("       ")
         for n in d["nodes"]:
             t.append(f"{n['ae']} {n['host']}:{n['port']}  ", style="bold")
             t.append("up" if n["alive"] else "DOWN", style="green" if n["alive"] else "bold red")
             t.append(f"  assoc {n['active']}  seen {n['seen']} ago\n")
             t.append("       ")
-        t.append(f"last image received: {d['last_received']}" + (" ago" if d["last_received"] != "never" else "")
-                 + "\n")
+        t.append(f"last image {d['last_received']}" + (" ago" if d["last_received"] != "never" else "")
+                 + f"; last assoc. {d['last_association']}\n")
         t.append("Workers", style="bold")
         if not d["workers"]:
             t.append(" none registered (start totalfm-worker@1)\n", style="red")

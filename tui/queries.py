@@ -61,8 +61,16 @@ def dashboard(store, *, now: dt.datetime, disk: dict) -> dict:
         workers = []
         for w in s.scalars(select(Worker).order_by(Worker.id)):
             alive = (now - w.last_heartbeat).total_seconds() < WORKER_STALE_SECONDS
+            if not alive and w.current_job_id is not None:
+                # The worker row is beaten between jobs; during a long study the job's lease is what it renews.
+                lease = s.execute(select(Job.lease_owner, Job.lease_expires_at)
+                                  .where(Job.id == w.current_job_id)).one_or_none()
+                alive = bool(lease and lease.lease_owner == w.id and lease.lease_expires_at
+                             and lease.lease_expires_at > now)
             workers.append({"id": w.id, "host": w.host, "pid": w.pid, "job": w.current_job_id,
                             "seen": age(now, w.last_heartbeat), "alive": alive})
+        last_assoc = s.execute(select(Association.calling_ae, Association.started_at, Association.status)
+                               .order_by(Association.started_at.desc(), Association.id.desc()).limit(1)).one_or_none()
         counts = dict(s.execute(select(Job.state, func.count()).group_by(Job.state)).all())
         per_hour = s.scalar(select(func.count()).select_from(Study)
                             .where(Study.first_received_at >= now - dt.timedelta(hours=1))) or 0
@@ -86,6 +94,8 @@ def dashboard(store, *, now: dt.datetime, disk: dict) -> dict:
                                       .where(Delivery.state == "pending")) or 0
     return {
         "nodes": nodes, "last_received": age(now, last_rx) if last_rx else "never", "workers": workers,
+        "last_association": (f"{last_assoc.calling_ae} {last_assoc.status} {age(now, last_assoc.started_at)} ago"
+                             if last_assoc else "none"),
         "queue": {k: counts.get(k, 0) for k in ("pending", "running", "failed", "done", "cancelled")},
         "studies_last_hour": per_hour, "studies_last_24h": per_day, "hourly": hourly, "analyses_last_24h": done_day,
         "bundle": (latest.bundle_id if latest else None) or settings.get("bundle_id") or "-",

@@ -49,7 +49,7 @@ def test_dashboard_shows_node_workers_queue_disk_model(make_app):
             assert isinstance(app.screen, DashboardScreen)
             t = text_of(app, "#dash")
             assert "TOTALFM 0.0.0.0:11112" in t and "assoc 1" in t and "seen 4s ago" in t
-            assert "last image received: 2m ago" in t
+            assert "last image 2m ago; last assoc. UNKNOWN rejected 1m ago" in t
             assert "worker-1" in t and "idle" in t and "LOST" in t  # worker-2's heartbeat is 10 min old
             assert "pending 1  running 0  failed 1  done 1" in t
             assert "24 h " + "·" * 23 + "█ now" in t  # all three studies arrived in the last hour
@@ -57,6 +57,41 @@ def test_dashboard_shows_node_workers_queue_disk_model(make_app):
             assert "42% used, 290 GiB free; watermark 95%" in t
             assert "totalfm-untrained-0001" in t and "cpu (onnxruntime)" in t and "SmolLM2" in t
             assert DRAFT_LABEL in t
+    asyncio.run(run())
+
+
+def test_worker_on_a_long_study_is_busy_not_lost(make_app, store, db):
+    """The worker row is beaten between jobs only; a held, unexpired job lease proves the worker is alive."""
+    from sqlalchemy import update
+    job = store.claim_job("worker-2")
+    assert job is not None and job.id == db[1]["job_pending"]
+    with store.session() as s:  # the clock of the screen is NOW: the lease runs 30 s past it
+        s.execute(update(Job).where(Job.id == job.id).values(lease_expires_at=NOW + dt.timedelta(seconds=30)))
+
+    async def run():
+        app = make_app()
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            t = text_of(app, "#dash")
+            assert "LOST" not in t and f"busy  job {job.id}" in t
+            with store.session() as s:  # lease expired too: now it is lost
+                s.execute(update(Job).where(Job.id == job.id).values(lease_expires_at=NOW - dt.timedelta(seconds=1)))
+            await pilot.pause(0.8)
+            assert "LOST" in text_of(app, "#dash")
+    asyncio.run(run())
+
+
+def test_dashboard_node_from_config_when_no_heartbeat(make_app, store):
+    from sqlalchemy import delete
+    from appliance.store.models import NodeStatus
+    with store.session() as s:
+        s.execute(delete(NodeStatus))
+
+    async def run():
+        app = make_app()
+        async with app.run_test(size=(80, 24)) as pilot:
+            await pilot.pause()
+            assert "TOTALFM 127.0.0.1:11112  no heartbeat in the database" in text_of(app, "#dash")
     asyncio.run(run())
 
 
