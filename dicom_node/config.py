@@ -41,6 +41,7 @@ class NodeConfig:
     delivery_poll_seconds: float = 2.0
     delivery_retry_base_seconds: float = 60.0  # backoff doubles per failed attempt, capped at 6 h
     delivery_max_attempts: int = 10
+    delivery_max_age_hours: float = 72.0  # only analyses this recent are planned for sending (0 = all)
     tls_destinations: tuple[str, ...] = ()  # destination names reached over TLS (C-STORE and echo)
     tls_ca_file: str | None = None  # CA bundle that signs those destinations' certificates (else the system store)
 

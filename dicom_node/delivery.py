@@ -4,6 +4,7 @@ resumes where it stopped; an object is written once (atomically) and re-sent wit
 """
 from __future__ import annotations
 
+import datetime as dt
 import io
 import logging
 import socket
@@ -135,7 +136,9 @@ class ResultSender:
 
     def run_once(self) -> RoundStats:
         stats = RoundStats()
-        stats.planned = len(plan_deliveries(self.store, sorted(self.config.destinations)))
+        age = self.config.delivery_max_age_hours
+        since = dt.datetime.now(dt.timezone.utc) - dt.timedelta(hours=age) if age else None
+        stats.planned = len(plan_deliveries(self.store, sorted(self.config.destinations), since=since))
         for d in self.store.due_deliveries():
             try:
                 path = self.build(d.analysis_id, d.kind)

@@ -6,13 +6,14 @@ so the sender loop can be restarted at any time and never sends twice nor forget
 
 from __future__ import annotations
 
+import datetime as dt
 from dataclasses import dataclass
 
 from sqlalchemy import exists, func, select
 from sqlalchemy.orm import selectinload
 
 from appliance.store.deliveries import DELIVERY_KINDS
-from appliance.store.models import Analysis, Delivery, Instance, Series, Study
+from appliance.store.models import Analysis, Delivery, Instance, Series, Study, as_naive_utc
 from appliance.store.results import AnalysisResult, FindingResult, OrganResult, ReportDraft
 
 
@@ -28,11 +29,12 @@ class AnalysisSource:
 
 
 def missing_deliveries(store, destinations: list[str], kinds: tuple[str, ...] = DELIVERY_KINDS,
-                       *, latest_only: bool = True) -> list[tuple[int, str, str]]:
+                       *, latest_only: bool = True, since: dt.datetime | None = None) -> list[tuple[int, str, str]]:
     """(analysis_id, destination, kind) for which no delivery row exists yet, oldest analysis first.
 
     latest_only: only each study's newest analysis version (an older version superseded before it was planned is
-    not worth sending). One indexed anti-join per (destination, kind), so the sender can run it every few seconds."""
+    not worth sending). since: only analyses created at or after it (a destination added to a site with years of
+    results must not be flooded). One anti-join per (destination, kind), so the sender can run it every few seconds."""
     out = []
     with store.read_session() as s:
         newest = (select(Analysis.study_id, func.max(Analysis.version).label("v"))
@@ -41,6 +43,8 @@ def missing_deliveries(store, destinations: list[str], kinds: tuple[str, ...] = 
             for kind in kinds:
                 q = select(Analysis.id).where(~exists().where(
                     Delivery.analysis_id == Analysis.id, Delivery.destination == dest, Delivery.kind == kind))
+                if since is not None:
+                    q = q.where(Analysis.created_at >= as_naive_utc(since))
                 if latest_only:
                     q = q.join(newest, (newest.c.study_id == Analysis.study_id) & (newest.c.v == Analysis.version))
                 out += [(a, dest, kind) for a in s.scalars(q.order_by(Analysis.id))]
@@ -48,11 +52,12 @@ def missing_deliveries(store, destinations: list[str], kinds: tuple[str, ...] = 
     return sorted(out, key=lambda r: (r[0], destinations.index(r[1]), order[r[2]]))
 
 
-def plan_deliveries(store, destinations: list[str], kinds: tuple[str, ...] = DELIVERY_KINDS) -> list[int]:
+def plan_deliveries(store, destinations: list[str], kinds: tuple[str, ...] = DELIVERY_KINDS,
+                    *, since: dt.datetime | None = None) -> list[int]:
     """Enqueue every missing delivery; returns the new delivery ids. One node process plans (no unique constraint
     on (analysis, destination, kind) in the schema), so this runs in the node's single sender thread."""
-    return [store.enqueue_delivery(a, destination=d, kind=k) for a, d, k in missing_deliveries(store, destinations,
-                                                                                                  kinds)]
+    return [store.enqueue_delivery(a, destination=d, kind=k)
+            for a, d, k in missing_deliveries(store, destinations, kinds, since=since)]
 
 
 def analysis_source(store, analysis_id: int) -> AnalysisSource | None:

@@ -39,6 +39,9 @@ def test_plan_latest_versions_once_per_destination_and_kind(tmp_path):
     assert plan_deliveries(store, ["p1", "p2"]) == []  # planned once
     assert len(plan_deliveries(store, ["p1", "p2", "p3"])) == 4  # a new destination gets the latest results
     assert {d["analysis_id"] for d in delivery_states(store)} == {a2, b1}
+    import datetime as dt
+    future = dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1)
+    assert plan_deliveries(store, ["p4"], since=future) == []  # too old for the age limit: not planned
     # no series recorded: the study's largest series; recorded: that series
     src = analysis_source(store, a2)
     assert src.series_uid == "1.2.3.2" and len(src.instance_paths) == 5 and src.study_uid == "1.2.3"
