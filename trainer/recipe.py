@@ -28,3 +28,133 @@ def load_recipe(name_or_path: str) -> dict:
         r = tomllib.load(f)
     r.setdefault("name", p.stem)
     return r
+
+
+def _totalfm() -> list[str]:
+    exe = Path(sys.executable).parent / "totalfm"
+    return [str(exe)] if exe.exists() else [sys.executable, "-c", "import sys; from appliance.cli import main; "
+                                                                  "sys.exit(main(sys.argv[1:]))"]
+
+
+def _step(summary: dict, name: str, out: Path, fn):
+    t0 = time.time()
+    print(f"[recipe] {name} ...", flush=True)
+    res = fn()
+    summary["steps"][name] = {"seconds": round(time.time() - t0, 1), **(res if isinstance(res, dict) else {})}
+    (out / "recipe_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    print(f"[recipe] {name} done in {time.time() - t0:.0f} s", flush=True)
+    return res
+
+
+def synth_studies(recipe: dict, out: Path) -> dict:
+    """Every [data] group -> OUT/studies/<split>_<i>_<kind>/, then OUT/flat/<group>_study_XXXXX symlinks (pair keys
+    stay unique). Splits are decided by build-pairs from truth.json (seed range / source patient), never by name."""
+    d = recipe["data"]
+    flat = out / "flat"
+    flat.mkdir(parents=True, exist_ok=True)
+    made = {}
+    for split in ("train", "val", "test"):
+        for i, g in enumerate(d.get(split, [])):
+            name = f"{split}{i}_{g['kind']}{'_' + g['source'] if g.get('source') else ''}"
+            folder = out / "studies" / name
+            n = int(g["n"])
+            have = len(list(folder.glob("study_*/truth.json"))) if folder.exists() else 0
+            if have < n:
+                cmd = _totalfm() + ["synth", "--no-dicom", "--n", str(n), "--kind", g["kind"], "--seed",
+                                    str(g["seed"]), "--out", str(folder), "--workers", str(d.get("workers", 2)),
+                                    "--normal-fraction", str(d.get("normal_fraction", 0.3)),
+                                    "--phrasing", g.get("phrasing", "train")]
+                if g.get("size"):
+                    cmd += ["--size", g["size"]]
+                if g.get("source"):
+                    cmd += ["--source", g["source"]]
+                subprocess.run(cmd, check=True)
+            for s in sorted(folder.glob("study_*")):
+                link = flat / f"{name}_{s.name}"
+                if not link.exists():
+                    link.symlink_to(os.path.relpath(s, flat))
+            made[name] = n
+    return {"groups": made}
+
+
+def build_pairs(recipe: dict, out: Path) -> dict:
+    from trainer.pairs.cli import build_pairs_main
+    d = recipe["data"]
+    rc = build_pairs_main(["--studies", str(out / "flat"), "--out", str(out / "pairs"), "--segmenter",
+                           d.get("segmenter", "labels"), "--engine", d.get("engine", "rules"), "--workers",
+                           str(d.get("workers", 2)), "--no-progress"])
+    if rc:
+        raise SystemExit(f"build-pairs failed ({rc})")
+    from trainer.pairs.dataset import PairDataset
+    with PairDataset(out / "pairs") as ds:
+        return ds.summary()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="totalfm train recipe", description=__doc__.split("\n")[0])
+    p.add_argument("recipe", help="demo | hospital | path/to/recipe.toml")
+    p.add_argument("--out", required=True)
+    p.add_argument("--pairs", help="use this pair dataset instead of synthesising (hospital: the PACS export)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--ablation", action="store_true",
+                   help="also train contrastive from scratch (same budget) to measure what pre-training brings")
+    p.add_argument("--skip", default="", help="comma list of steps to skip (synth,pairs,pretrain,contrastive,eval)")
+    args = p.parse_args(argv)
+    recipe = load_recipe(args.recipe)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    skip = set(filter(None, args.skip.split(",")))
+    summary = {"recipe": recipe.get("name"), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+               "steps": {}}
+    t_all = time.time()
+    pairs = Path(args.pairs or recipe.get("data", {}).get("pairs") or out / "pairs")
+    if not args.pairs and "pairs" not in recipe.get("data", {}):
+        if "synth" not in skip:
+            _step(summary, "synth", out, lambda: synth_studies(recipe, out))
+        if "pairs" not in skip:
+            _step(summary, "build_pairs", out, lambda: build_pairs(recipe, out))
+    common = ["--recipe", args.recipe, "--pairs", str(pairs), "--threads", str(args.threads)]
+    from trainer.evaluate.cli import main as eval_main
+    from trainer.model.contrastive import main as contrastive_main
+    from trainer.model.flops import flops_per_study
+    from trainer.model.pretrain import main as pretrain_main
+    from trainer.model.pretrain import model_config_from_recipe
+    if "pretrain" not in skip:
+        _step(summary, "pretrain", out, lambda: pretrain_main(common + ["--out", str(out / "pretrain")]) or
+              json.loads((out / "pretrain" / "pretrain_summary.json").read_text()))
+    if "contrastive" not in skip:
+        _step(summary, "contrastive", out, lambda: contrastive_main(
+            common + ["--out", str(out / "contrastive"), "--init", "pretrain", "--from", str(out / "pretrain")]) or
+            json.loads((out / "contrastive" / "contrastive_summary.json").read_text()))
+    if "eval" not in skip:
+        _step(summary, "eval", out, lambda: eval_main(
+            ["--checkpoint", str(out / "contrastive"), "--pairs", str(pairs), "--out", str(out / "eval"),
+             "--bootstrap", str(recipe.get("eval", {}).get("bootstrap", 500)), "--threads", str(args.threads)]) or
+            _macro(out / "eval"))
+    if args.ablation:
+        _step(summary, "contrastive_scratch", out, lambda: contrastive_main(
+            common + ["--out", str(out / "contrastive_scratch"), "--init", "scratch"]) or
+            json.loads((out / "contrastive_scratch" / "contrastive_summary.json").read_text()))
+        _step(summary, "eval_scratch", out, lambda: eval_main(
+            ["--checkpoint", str(out / "contrastive_scratch"), "--pairs", str(pairs), "--out",
+             str(out / "eval_scratch"), "--bootstrap", "200", "--threads", str(args.threads)]) or
+            _macro(out / "eval_scratch"))
+    summary["flops"] = flops_per_study(model_config_from_recipe(recipe))
+    summary["total_seconds"] = round(time.time() - t_all, 1)
+    summary["checkpoint"] = str(out / "contrastive" / "final.pt")
+    (out / "recipe_summary.json").write_text(json.dumps(summary, indent=2, default=str))
+    print(json.dumps({k: summary[k] for k in ("total_seconds", "checkpoint")} | {"flops": summary["flops"]}))
+    return 0
+
+
+def _macro(eval_dir: Path) -> dict:
+    for name in ("eval.json", "results.json", "metrics.json"):
+        f = eval_dir / name
+        if f.exists():
+            r = json.loads(f.read_text())
+            return {"macro": r.get("macro")}
+    return {}
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
