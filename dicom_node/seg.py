@@ -78,6 +78,11 @@ def build_seg(labels: Volume | str | Path, source: Sequence[Dataset], *, bundle_
         labels = Volume(np.rint(arr).astype(np.int16), labels.spacing, labels.origin, labels.direction)
     if labels.array.min(initial=0) < 0 or labels.array.max(initial=0) > len(ontology.ORGANS):
         raise SegError(f"label map values must be 0..{len(ontology.ORGANS)} (organ label space)")
+    single = [d for d in source if int(d.get("NumberOfFrames", 1) or 1) == 1 and "ImagePositionPatient" in d
+              and "ImageOrientationPatient" in d and "PixelSpacing" in d]
+    if len(single) != len(source):
+        raise SegError("SEG needs single-frame CT slices with position/orientation/spacing; multi-frame (Enhanced CT) "
+                       "sources are not supported yet")
     source = [with_type2(d) for d in sort_slices(source)]
     if len({d.SeriesInstanceUID for d in source}) != 1:
         raise SegError("the source instances belong to more than one series")

@@ -129,6 +129,14 @@ def test_seg_lies_on_source_slices_and_validates(study, tmp_path):
         assert errors == [], errors
 
 
+def test_seg_refuses_multiframe_sources_with_a_clear_error(study):
+    from dicom_node.seg import SegError
+    src = [pydicom.dcmread(f, stop_before_pixels=True) for f in study.files]
+    src[0].NumberOfFrames = 16
+    with pytest.raises(SegError, match="multi-frame"):
+        build_seg(study.labels_path, src)
+
+
 def _receive_and_complete(node, study, labels_path=None) -> int:
     """Send the study's DICOM to the node, queue + claim + complete its job with the hand-made result."""
     assoc = scu().associate("127.0.0.1", node.port, ae_title="TOTALFM")
