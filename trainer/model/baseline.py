@@ -247,6 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         summ = json.loads((Path(args.match_run) / "contrastive_summary.json").read_text())
         organ_info["train_seconds"] = float(summ.get("wall_s") or summ.get("time_s"))
         organ_info["samples_seen"] = summ.get("samples_seen")
+        organ_info["steps"] = summ.get("steps")
     budget = args.time_budget or organ_info.get("train_seconds")
     if not budget and not args.max_steps:
         p.error("give --time-budget SECONDS or --match-run ORGAN_RUN_DIR (equal wall time), or --max-steps")
@@ -314,6 +315,10 @@ def main(argv: list[str] | None = None) -> int:
         fl = flops_per_study(ViTConfig.from_dict(ocfg))
         enc_params = sum(v.numel() for v in organ_ckpt_meta["encoder"].values()) / 1e6
         organ_info |= {"gflops_per_study": fl["gflops_per_study"], "params_m": enc_params}
+        if not organ_info.get("samples_seen") and organ_info.get("steps"):
+            rec = ((organ_ckpt_meta.get("provenance") or {}).get("recipe") or {}).get("contrastive") or {}
+            if rec.get("batch_size"):  # upper bound: every step a full batch of crops
+                organ_info["samples_seen"] = int(organ_info["steps"]) * int(rec["batch_size"])
         if organ_info.get("samples_seen"):
             organ_info["train_gflops"] = 3 * fl["gflops_per_crop"] * organ_info["samples_seen"]
         write_outputs(ores, out, title="Organ-separated model - zero-shot evaluation", stem="organ_eval",
