@@ -270,12 +270,37 @@ def check_port(site: Site, *, node_seen=None) -> Check:
         return Check("dicom port", "FAIL", f"{where}: binding needs privileges (port < 1024)",
                      "use a port >= 1024 (DICOM 11112) or give the unit AmbientCapabilities=CAP_NET_BIND_SERVICE")
     except OSError as exc:
-        seen = node_seen if node_seen is not None else _node_recently_seen(site)
+        seen = node_seen if node_seen is not None else (_node_recently_seen(site) or _node_answers_echo(site))
         if seen:
             return Check("dicom port", "OK", f"{where} in use by the running TotalFM node ({seen})")
         return Check("dicom port", "FAIL", f"{where} cannot be bound: {exc.strerror}",
                      f"stop whatever listens there (`ss -ltnp 'sport = :{port}'`) or change port in the config")
     return Check("dicom port", "OK", f"{where} is free for the node")
+
+
+def _node_answers_echo(site: Site) -> str | None:
+    """'answers C-ECHO as AE X' when a DICOM node on the port accepts our configured AE title (then it is ours)."""
+    ae_titles = site.raw.get("ae_titles", ["TOTALFM"]) if site.raw else ["TOTALFM"]
+    ae_title = ae_titles[0] if isinstance(ae_titles, list) and ae_titles else str(ae_titles)
+    try:
+        from pynetdicom import AE  # noqa: PLC0415
+        from pynetdicom.sop_class import Verification  # noqa: PLC0415
+    except ImportError:
+        return None
+    ae = AE(ae_title="TOTALFM-DOCTOR")
+    ae.acse_timeout = ae.network_timeout = ae.dimse_timeout = 5
+    ae.add_requested_context(Verification)
+    host = "127.0.0.1" if site.bind_address in ("0.0.0.0", "") else ("::1" if site.bind_address == "::"
+                                                                      else site.bind_address)
+    try:
+        assoc = ae.associate(host, site.port, ae_title=ae_title)
+        if not assoc.is_established:
+            return None
+        status = assoc.send_c_echo()
+        assoc.release()
+    except Exception:  # noqa: BLE001 - anything but a clean echo means: not our node
+        return None
+    return f"answers C-ECHO as AE {ae_title}" if getattr(status, "Status", None) == 0 else None
 
 
 def _node_recently_seen(site: Site, max_age_s: float = 120) -> str | None:

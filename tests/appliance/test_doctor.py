@@ -187,3 +187,19 @@ def test_main_exit_code_nonzero_on_fail(tmp_path, capsys):
     assert doctor.main(["--config", str(cfg)]) == 1
     out = capsys.readouterr().out
     assert "[FAIL] database" in out and "fix:" in out and "checks passed" in out
+
+
+def test_port_held_by_a_dicom_node_answering_our_ae_is_ok(tmp_path):
+    """Without a node heartbeat row, a DICOM SCP on the port that accepts our AE title is taken as our node."""
+    from pynetdicom import AE
+    from pynetdicom.sop_class import Verification
+    ae = AE(ae_title="TOTALFM")
+    ae.add_supported_context(Verification)
+    scp = ae.start_server(("127.0.0.1", 0), block=False)
+    try:
+        port = scp.server_address[1]
+        _, site = doctor.check_config(_site_toml(tmp_path, port=str(port), ae_titles='["TOTALFM"]'))
+        c = doctor.check_port(site)
+        assert c.status == "OK" and "answers C-ECHO as AE TOTALFM" in c.detail
+    finally:
+        scp.shutdown()
