@@ -213,6 +213,7 @@ def train_loop(spec: TrainSpec) -> dict:
         except ImportError:
             pass
     t0 = time.time()
+    step0 = step
     model.train()
     stopped_for_time = False
     while step < total:
@@ -249,6 +250,14 @@ def train_loop(spec: TrainSpec) -> dict:
                 bar.set_postfix(loss=f"{lv:.4f}")
             if step % spec.ckpt_every == 0:
                 save()
+            if spec.time_budget_s and step - step0 == 8:
+                # fit the cosine schedule to the steps the time budget allows (same on every rank)
+                est = step + int((spec.time_budget_s - (time.time() - t0)) / ((time.time() - t0) / 8))
+                if info.distributed:
+                    t = torch.tensor([est], device=info.device)
+                    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+                    est = int(t)
+                total = max(step + 1, min(total, est))
             if spec.time_budget_s and time.time() - t0 > spec.time_budget_s:
                 stopped_for_time = True
                 total = step
