@@ -40,32 +40,31 @@ _CLAUSE_SPLIT = re.compile(r"[.;:!?\n]|,|\bbut\b|\bhowever\b", re.IGNORECASE)
 
 
 def draft_schema(organ_names: list[str] | None = None, positive: set[tuple[str, str]] | None = None) -> dict:
-    """JSON schema of the LLM draft. With ``positive`` (organ, finding) pairs, the grammar itself only lets an item
-    name a positive finding of its own organ (or "none"): the first line of defence; ``check_draft`` is the second
-    (it also covers the free text, which no grammar can police)."""
-    organ_names = organ_names or list(ontology.ORGAN_NAMES)
-    statement = {"type": "string", "maxLength": 160}
+    """JSON schema of the LLM draft.
+
+    With ``positive`` (organ, finding) pairs the grammar only offers the positive organs and findings as names (the
+    first line of defence; ``check_draft`` is the second: it checks organ/finding pairs and the free text, which no
+    grammar can police). Deliberately small: llama.cpp's grammar sampling slows down steeply with alternatives
+    (an anyOf per organ made a 7-organ draft take minutes on 2 busy cores), so normal organs are one sentence."""
+    statement = {"type": "string"}  # no maxLength: llama.cpp expands it into a huge grammar (very slow sampling);
+    # max_tokens bounds the length and the guard rejects looping text
     if positive is None:
-        item = {"type": "object", "additionalProperties": False, "required": ["organ", "finding", "statement"],
-                "properties": {"organ": {"enum": organ_names},
-                               "finding": {"enum": [f.name for f in ontology.FINDINGS] + ["none"]},
-                               "statement": statement}}
+        organs = organ_names or list(ontology.ORGAN_NAMES)
+        names = [f.name for f in ontology.FINDINGS]
     else:
-        item = {"anyOf": [
-            {"type": "object", "additionalProperties": False, "required": ["organ", "finding", "statement"],
-             "properties": {"organ": {"const": o},
-                            "finding": {"enum": sorted(f for po, f in positive if po == o) + ["none"]},
-                            "statement": statement}}
-            for o in organ_names]}
-    return {
-        "type": "object",
-        "additionalProperties": False,
-        "required": ["findings", "impression"],
-        "properties": {
-            "findings": {"type": "array", "maxItems": max(1, min(len(organ_names), 12)), "items": item},
-            "impression": {"type": "string", "maxLength": 240},
-        },
-    }
+        organs = sorted({o for o, _ in positive})
+        names = sorted({f for _, f in positive})
+    props: dict = {"normal_organs": {"type": "string"}, "impression": {"type": "string"}}
+    required = ["normal_organs", "impression"]
+    if names:
+        props = {"findings": {"type": "array", "minItems": 1, "maxItems": max(1, len(positive or names)),
+                              "items": {"type": "object", "additionalProperties": False,
+                                        "required": ["organ", "finding", "statement"],
+                                        "properties": {"organ": {"enum": organs}, "finding": {"enum": names},
+                                                       "statement": statement}}},
+                 **props}
+        required = ["findings", *required]
+    return {"type": "object", "additionalProperties": False, "required": required, "properties": props}
 
 
 @dataclass
@@ -153,7 +152,7 @@ def check_draft(structured: dict, positive: set[tuple[str, str]], analysed_organ
     analysed, and degenerate (looping) text - a tiny model's failure mode that must not reach a radiologist."""
     v: list[str] = []
     pos_names = {f for _, f in positive}
-    texts = [str(structured.get("impression", ""))]
+    texts = [str(structured.get("impression", "")), str(structured.get("normal_organs", ""))]
     seen = set()
     for i, item in enumerate(structured.get("findings", [])):
         name, organ = item.get("finding"), item.get("organ")
@@ -172,6 +171,10 @@ def check_draft(structured: dict, positive: set[tuple[str, str]], analysed_organ
             for n in _NUM.findall(t):
                 if n not in allowed:
                     v.append(f"free text states the number {n}, which is not in the scorer/measurement input")
+    known = set(ontology.ORGAN_NAMES) | set(ontology.FINDINGS_BY_NAME)
+    for t in texts:
+        for w in sorted(set(re.findall(r"[a-z]+(?:_[a-z]+)+", t.lower())) - known):
+            v.append(f"free text uses the unknown term {w!r} (invented name)")
     for t in texts:
         bad = _degenerate(t)
         if bad:
@@ -232,6 +235,8 @@ def render(structured: dict, findings: list[FindingResult], organs: list[OrganRe
     lines = [DISCLAIMER, "", "Findings:"]
     for item in structured.get("findings", []):
         lines.append(f"- {_organ_display(item['organ'])}: {item['statement'].strip()}")
+    if structured.get("normal_organs", "").strip():
+        lines.append(f"- Other organs: {structured['normal_organs'].strip()}")
     not_assessed = [f"{_organ_display(o.organ)} ({o.status})" for o in organs
                     if o.status not in ("ok", "partial_in_crop", "truncated_by_scan")]
     if not_assessed:
@@ -263,8 +268,8 @@ def build_messages(findings: list[FindingResult], organs: list[OrganResult]) -> 
               "Do not mention any other disease. Organs listed as normal are described as unremarkable. "
               "Answer in JSON.")
     user = ("Positive findings:\n" + "\n".join(pos_lines) + "\nNormal organs: " + (", ".join(normal) or "none") +
-            "\nWrite one item per positive finding (finding name as given) and one item per normal organ with "
-            "finding \"none\", then a one-sentence impression.")
+            "\nWrite one short item per positive finding (organ and finding name as given), one sentence on the "
+            "normal organs, and a one-sentence impression.")
     return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
 
@@ -279,7 +284,7 @@ def _dedupe(structured: dict) -> dict:
 
 
 def draft_report(findings: list[FindingResult], organs: list[OrganResult], *, llm: Any = None,
-                 llm_error: str | None = None, max_tokens: int = 512) -> ReportDraft:
+                 llm_error: str | None = None, max_tokens: int = 320) -> ReportDraft:
     """LLM draft checked by the guard, else the template (see module docstring). ``llm``: a LocalLLM or None."""
     if llm is None:
         return template_draft(findings, organs, reason=llm_error or "no local LLM configured")

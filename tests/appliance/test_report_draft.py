@@ -82,6 +82,9 @@ def test_positive_finding_on_the_wrong_organ_or_looping_text_is_rejected():
            "impression": "Hepatic steatosis."}
     d = draft_report(FINDINGS, ORGANS, llm=ScriptedLLM(out))
     assert d.model_ids["draft_source"] == "template" and "in the gallbladder" in d.model_ids["rejected"][0]
+    out = {"findings": [], "impression": "Normal.", "normal_organs": "liver_deformitam."}
+    d = draft_report(FINDINGS, ORGANS, llm=ScriptedLLM(out))
+    assert d.model_ids["draft_source"] == "template" and "invented name" in d.model_ids["rejected"][0]
     out = {"findings": [], "impression": "liver, " * 8}
     d = draft_report(FINDINGS, ORGANS, llm=ScriptedLLM(out))
     assert d.model_ids["draft_source"] == "template" and "degenerate" in d.model_ids["rejected"][0]
