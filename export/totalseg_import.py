@@ -12,7 +12,7 @@ How nnU-Net's conventions map onto ours (the graph absorbs what the preprocessin
   -> clip_hu, mean, std.
 * spacing / patch size: plans 3d_fullres spacing and patch_size (axis order after transpose_backward).
 * class_ids: output channel -> TotalSegmentator `total` class id, matched BY NAME against appliance.ontology.
-* step 0.5, no mirroring (the total models are trained with NoMirroring), Gaussian sigma 1/8.
+* step 0.8 (what TotalSegmentator passes for the total task), no mirroring (the total models are trained with NoMirroring), Gaussian sigma 1/8.
 
 Written: OUT/models/totalseg_<dataset>.onnx and OUT/totalseg_model.json (the manifest entry); with --into BUNDLE
 the bundle's "segmentation" model is replaced by it (hashes recomputed). Parity (--parity-ct, default the shared
@@ -91,7 +91,9 @@ def preprocessing_from_plans(plans: dict, dataset: dict) -> dict:
         "patch_size": [int(cfg["patch_size"][i]) for i in tb],
         "clip_hu": [float(props["percentile_00_5"]), float(props["percentile_99_5"])],
         "mean": float(props["mean"]), "std": float(props["std"]),
-        "label_space": "totalseg", "class_ids": class_ids, "step": 0.5,
+        # TotalSegmentator runs its total/total_mr models with tile_step_size 0.8 (totalsegmentator/nnunet.py), not
+        # nnU-Net's default 0.5; the blend differs with the window grid, so the step must be the same.
+        "label_space": "totalseg", "class_ids": class_ids, "step": 0.8,
         "source": "nnU-Net v2 plans (TotalSegmentator)", "mirroring": False, "gaussian_sigma_scale": 0.125,
         "orientation_in_graph": "LPS->RAS flip of y,x and plans transpose are inside the ONNX graph",
     }
