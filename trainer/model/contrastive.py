@@ -127,7 +127,8 @@ def run(args, recipe: dict) -> dict:
                       frozen_text_base=(train_layers == 0))
     bank = load_bank(args, cfg)
     bs = int(args.batch_size or st.get("batch_size", 32))
-    batches = organ_batches(bank, bs, seed=args.seed, require_text=True)
+    batches = organ_batches(bank, bs, seed=args.seed, require_text=True,
+                            abnormal_fraction=float(st.get("abnormal_fraction", 0.0)))
     if not batches:
         raise SystemExit("no crop with a report sentence in the training split")
 

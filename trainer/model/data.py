@@ -130,9 +130,12 @@ def from_synth(n: int, seed: int, input_shape, kind: str = "analytic", phrasing:
     return bank
 
 
-def organ_batches(bank: CropBank, batch_size: int, seed: int = 0, require_text: bool = False) -> list[list[int]]:
+def organ_batches(bank: CropBank, batch_size: int, seed: int = 0, require_text: bool = False,
+                  abnormal_fraction: float = 0.0) -> list[list[int]]:
     """Batches of ONE organ each (different studies), so an organ's negatives are same-organ crops of other studies.
-    Organs with fewer crops than 4 are pooled into mixed batches rather than dropped."""
+    ``abnormal_fraction`` > 0: each batch holds up to that share of crops whose REPORT calls the organ abnormal
+    (cycled, so rare findings are seen every epoch); without it most same-organ batches are all-normal and carry no
+    contrastive signal. Organs with too few crops are pooled into mixed batches rather than dropped."""
     rng = random.Random(seed)
     by_organ: dict[int, list[int]] = defaultdict(list)
     for i in range(len(bank)):
@@ -142,6 +145,17 @@ def organ_batches(bank: CropBank, batch_size: int, seed: int = 0, require_text: 
     batches, leftovers = [], []
     for _, idx in sorted(by_organ.items()):
         rng.shuffle(idx)
+        ab = [i for i in idx if bank.key[i] != "normal"]
+        k_ab = min(len(ab), int(round(batch_size * abnormal_fraction))) if abnormal_fraction > 0 else 0
+        if k_ab > 0 and len(idx) >= batch_size:
+            normal = [i for i in idx if bank.key[i] == "normal"]
+            n_batches = max(1, len(idx) // batch_size)
+            k_norm = batch_size - k_ab
+            for b in range(n_batches):
+                a = [ab[(b * k_ab + j) % len(ab)] for j in range(k_ab)]
+                n = [normal[(b * k_norm + j) % len(normal)] for j in range(min(k_norm, len(normal)))]
+                batches.append(a + n)
+            continue
         full = len(idx) // batch_size * batch_size
         batches += [idx[j:j + batch_size] for j in range(0, full, batch_size)]
         rest = idx[full:]
