@@ -198,19 +198,19 @@ PIP_LOG="$WORK/pip.log"
 TRT_PIP="not needed"
 if [ -n "${GPU_CHECK_NO_PIP:-}" ]; then TRT_PIP="skipped (GPU_CHECK_NO_PIP)"
 elif ! "$PY" -c "import tensorrt" 2>/dev/null; then
-  if timeout 150 "$PY" -m pip install -q --retries 0 --timeout 5 tensorrt-cu12 >"$PIP_LOG" 2>&1; then
+  if timeout 90 "$PY" -m pip install -q --retries 0 --timeout 5 tensorrt-cu12 >"$PIP_LOG" 2>&1; then
     TRT_PIP="installed"; else TRT_PIP="failed: $(tail -n 2 "$PIP_LOG" | tr '\n"' '  ')"; fi
 fi
 ORT_PIP="not needed"
 EXTRA_PATH=""
 if [ -n "${GPU_CHECK_NO_PIP:-}" ]; then ORT_PIP="skipped (GPU_CHECK_NO_PIP)"
 elif ! "$PY" -c "import onnxruntime as o,sys; sys.exit(0 if 'CUDAExecutionProvider' in o.get_available_providers() else 1)" 2>/dev/null; then
-  if timeout 120 "$PY" -m pip install -q --retries 0 --timeout 5 --target "$WORK/ort_gpu" onnxruntime-gpu >>"$PIP_LOG" 2>&1; then
+  if timeout 60 "$PY" -m pip install -q --retries 0 --timeout 5 --target "$WORK/ort_gpu" onnxruntime-gpu >>"$PIP_LOG" 2>&1; then
     ORT_PIP="installed to $WORK/ort_gpu (used first on PYTHONPATH)"; EXTRA_PATH="$WORK/ort_gpu"
   else ORT_PIP="failed: $(tail -n 2 "$PIP_LOG" | tr '\n"' '  ')"; fi
 fi
 export TRT_PIP ORT_PIP WORK BUNDLE
-PYTHONPATH="${EXTRA_PATH:+$EXTRA_PATH:}${PYTHONPATH:-}" timeout 330 "$PY" "$RUN"
+PYTHONPATH="${EXTRA_PATH:+$EXTRA_PATH:}${PYTHONPATH:-}" timeout 200 "$PY" "$RUN"
 rc=$?
 [ $rc -ne 0 ] && echo "{\"error\": \"gpu check python step exited with $rc (124 = timeout)\", \"tensorrt_pip\": \"$TRT_PIP\", \"ort_gpu_pip\": \"$ORT_PIP\"}"
 exit 0
