@@ -68,7 +68,7 @@ def dice_ce_loss(logits, target, n_classes: int):
 
 
 def train(recipe: dict, out: Path, *, train_patient: str | None = None, iterations: int | None = None,
-          max_minutes: float | None = None, data_dir=None, log=print) -> Path:
+          max_minutes: float | None = None, data_dir=None, init: str | Path | None = None, log=print) -> Path:
     import torch
 
     from trainer.segmentation.seg_data import PatchSampler, training_cases
@@ -93,19 +93,27 @@ def train(recipe: dict, out: Path, *, train_patient: str | None = None, iteratio
     sampler = PatchSampler(cases, pp["patch_size"], pp, rng=rng, p_class=float(t.get("p_class", 0.7)),
                            case_weights=weights)
     model = build({"channels": recipe["model"]["channels"]})
+    if init:  # continue from an earlier checkpoint of the same architecture (a second budgeted stage)
+        from trainer.segmentation.unet import load_checkpoint
+
+        model.load_state_dict(load_checkpoint(init)["state_dict"])
+        log(f"initialised from {init}")
     n_classes = model.config["n_classes"]
     opt = torch.optim.AdamW(model.parameters(), lr=float(t["lr"]), weight_decay=1e-4)
     lr0 = float(t["lr"])
     every = int(t.get("checkpoint_every", 150))
     deadline = t0 + max_minutes * 60
     provenance = {"train_patient": train_patient, "held_out_patient": "B" if train_patient == "A" else "A",
-                  "recipe": recipe, "git_commit": _git_commit(), "cases": [c.name for c in cases]}
+                  "recipe": recipe, "git_commit": _git_commit(),
+                  "init_from": str(init) if init else None, "cases": [c.name for c in cases]}
     losses: list[float] = []
     it = 0
     model.train()
     t_train = time.time()
     for it in range(1, iterations + 1):
-        frac = (it - 1) / iterations
+        # progress = iterations done or wall-clock budget used, whichever is further: the poly schedule still
+        # anneals when a busy machine makes the time budget, not the iteration count, end the run
+        frac = min(1.0, max((it - 1) / iterations, (time.time() - t_train) / max(1.0, deadline - t_train)))
         for g in opt.param_groups:
             g["lr"] = lr0 * (1 - frac) ** 0.9
         x, y = sampler.sample(int(t["batch"]))
@@ -140,11 +148,12 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--iterations", type=int, default=None)
     ap.add_argument("--max-minutes", type=float, default=None)
     ap.add_argument("--data-dir", default=None, help="shared data folder (default: TOTALFM_SHARED_DATA or ../shared/data)")
+    ap.add_argument("--init", default=None, help="start from this checkpoint's weights (continue training)")
     ap.add_argument("--eval", action="store_true", help="run seg-eval on the held-out patient + phantoms afterwards")
     a = ap.parse_args(argv)
     recipe = load_recipe(a.recipe)
     out = train(recipe, Path(a.out), train_patient=a.train_patient, iterations=a.iterations,
-                max_minutes=a.max_minutes, data_dir=a.data_dir, log=lambda m: print(m, flush=True))
+                max_minutes=a.max_minutes, data_dir=a.data_dir, init=a.init, log=lambda m: print(m, flush=True))
     if a.eval:
         from trainer.segmentation.evaluate import main as eval_main
 
