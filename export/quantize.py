@@ -74,15 +74,14 @@ def auroc(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 def _finding_probs(emb: np.ndarray, findings, prompts: np.ndarray, logit_scale: float) -> dict[str, np.ndarray]:
-    """Per finding: softmax over [mean positive-prompt logit, mean negative-prompt logit] (appliance.scoring rule)."""
-    out = {}
-    logits = logit_scale * emb @ prompts.T  # [N, P]
-    for f in findings:
-        lp = logits[:, f.pos_index].mean(1)
-        ln = logits[:, f.neg_index].mean(1)
-        m = np.maximum(lp, ln)
-        out[f.name] = np.exp(lp - m) / (np.exp(lp - m) + np.exp(ln - m))
-    return out
+    """Per crop and finding: the appliance's own score (appliance.scoring: sigmoid(mean pos logit - mean neg logit)).
+
+    Scored per organ crop (each crop against the findings of its organ), so the max-over-organs step of
+    appliance.scoring.finding_scores does not apply here."""
+    from appliance.scoring import prompt_logit_diff, sigmoid
+
+    return {f.name: sigmoid(prompt_logit_diff(emb, prompts[f.pos_index], prompts[f.neg_index], logit_scale))
+            for f in findings}
 
 
 def test_set(dataset: str | Path, input_shape, split: str = "test", limit: int | None = None):
