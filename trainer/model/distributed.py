@@ -213,7 +213,7 @@ def train_loop(spec: TrainSpec) -> dict:
         except ImportError:
             pass
     t0 = time.time()
-    step0 = step
+    step0, t_mark, total_max = step, 0.0, total
     model.train()
     stopped_for_time = False
     while step < total:
@@ -250,14 +250,18 @@ def train_loop(spec: TrainSpec) -> dict:
                 bar.set_postfix(loss=f"{lv:.4f}")
             if step % spec.ckpt_every == 0:
                 save()
-            if spec.time_budget_s and step - step0 == 8:
-                # fit the cosine schedule to the steps the time budget allows (same on every rank)
-                est = step + int((spec.time_budget_s - (time.time() - t0)) / ((time.time() - t0) / 8))
+            if spec.time_budget_s and (step - step0) % 8 == 0:
+                # fit the cosine schedule to the steps the time budget allows, from the last 8 steps' pace (the
+                # first steps are slow: caches fill), re-estimated every 8 steps, the same on every rank
+                now = time.time() - t0
+                pace = (now - t_mark) / 8 if step - step0 >= 8 else now / 8
+                t_mark = now
+                est = step + int(max(0.0, spec.time_budget_s - now) / max(pace, 1e-6))
                 if info.distributed:
                     t = torch.tensor([est], device=info.device)
                     dist.all_reduce(t, op=dist.ReduceOp.MIN)
                     est = int(t)
-                total = max(step + 1, min(total, est))
+                total = max(step + 1, min(total_max, est))
             if spec.time_budget_s and time.time() - t0 > spec.time_budget_s:
                 stopped_for_time = True
                 total = step
