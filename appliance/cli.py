@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "worker": ("appliance.commands.worker", "run an analysis worker that takes studies from the queue"),
     "query": ("appliance.commands.query", "rank stored organs by similarity to a text query, e.g. \"gallstones\""),
     "db": ("appliance.commands.db", "database maintenance: upgrade (apply migrations), current"),
+    "retention": ("appliance.commands.retention", "delete spooled images of delivered studies older than N days"),
     "doctor": ("appliance.commands.doctor", "check config, database, spool, bundle, backend and LLM; say how to fix what is wrong"),
     "node": ("dicom_node.cli", "run the DICOM node (C-ECHO/C-STORE SCP); `node echo DEST` tests a destination"),
     "synth": ("trainer.synth.cli", "write synthetic CT studies with known findings and reports (phantoms)"),

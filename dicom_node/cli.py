@@ -56,6 +56,7 @@ def run_node(config: NodeConfig) -> int:
     node = StorageNode(config, store)
     node.start()
     print(f"listening port {node.port}", flush=True)
+    stop = threading.Event()
     assembly = AssemblyThread(store, config.quiet_seconds, config.assembly_poll_seconds)
     assembly.start()
     sender = None
@@ -63,12 +64,22 @@ def run_node(config: NodeConfig) -> int:
         from dicom_node.delivery import SenderThread
         sender = SenderThread(config, store)
         sender.start()
-    stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    stop.wait()
+    # Heartbeat into the shared database so the TUI and `totalfm doctor` see the node (and its load) without
+    # talking DICOM to it; a beat with 0 associations on the way out says it stopped cleanly.
+    def beat(active: int) -> None:
+        try:
+            store.node_heartbeat(ae_title=config.ae_titles[0], host=config.bind_address, port=node.port,
+                                 active_associations=active)
+        except Exception:  # the database being briefly unavailable must not stop the node
+            logging.getLogger("totalfm.node").warning("node heartbeat failed; retrying", exc_info=True)
+    beat(0)
+    while not stop.wait(min(5.0, config.assembly_poll_seconds * 5)):
+        beat(node.active_associations())
     logging.getLogger("totalfm.node").info("shutting down: no new associations, finishing in-flight ones")
     node.stop()
+    beat(0)
     assembly.stop()
     if sender is not None:
         sender.stop()

@@ -84,6 +84,10 @@ class StorageNode:
     def port(self) -> int:
         return self.server.server_address[1]
 
+    def active_associations(self) -> int:
+        with self._lock:
+            return len(self._assocs)
+
     def stop(self) -> None:
         """Stop accepting; shutdown() waits for the in-flight associations' threads to finish."""
         if self.server is not None:

@@ -108,7 +108,7 @@ def generate_study(kind: str = "analytic", seed: int = 0, index: int = 0, *, sha
     inserted = [r for r in records if r["inserted"]]
     truth = {
         "generator_version": GENERATOR_VERSION, "seed": int(seed), "index": int(index), "kind": kind,
-        "source": ph.meta.get("source"), "sex": ph.sex, "age": ph.age, "phase": ph.phase,
+        "source": ph.meta.get("source"), "source_patient": ph.meta.get("source_patient"), "sex": ph.sex, "age": ph.age, "phase": ph.phase,
         "normal": not inserted, "findings": inserted, "not_inserted": [r for r in records if not r["inserted"]],
         "organ_volumes_ml": ph.organ_volumes_ml(), "noise_sigma_hu": round(sigma, 2),
         "geometry": ph.image_volume().describe() | {"value_range": None},
