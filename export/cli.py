@@ -14,6 +14,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "totalseg": ("export.totalseg_import", "TotalSegmentator nnU-Net weights -> ONNX segmentation model (+ parity)"),
     "int8": ("export.quantize", "add an INT8 variant of the encoders if zero-shot AUROC stays within 0.01 of fp32"),
     "tensorrt": ("export.tensorrt_build", "build TensorRT engines for this GPU into a bundle (needs tensorrt)"),
+    "slim": ("export.slim", "small copy of a bundle for embedding: uint8 word-embedding table, no fp32 text encoder"),
     "verify": ("export.verify", "check a bundle's hashes, versions and ontology; print its summary"),
 }
 
