@@ -99,3 +99,17 @@ def test_checkpoint_round_trip_carries_exporter_metadata(tmp_path):
     assert set(meta["preprocessing"]["recipes"]) == {o.name for o in ontology.ORGANS}
     ckptmod.set_thresholds(tmp_path / "final.pt", {"liver_abnormal": 0.4})
     assert ckptmod.load_encoder(tmp_path)[1]["thresholds"] == {"liver_abnormal": 0.4}
+
+
+def test_recipes_load_and_demo_encoder_within_budget():
+    from trainer.model.pretrain import model_config_from_recipe
+    from trainer.recipe import load_recipe
+    demo, hosp = load_recipe("demo"), load_recipe("hospital")
+    d = flops_per_study(model_config_from_recipe(demo), measured=False)
+    h = flops_per_study(model_config_from_recipe(hosp), measured=False)
+    assert d["gflops_per_study"] <= 170 and d["ratio_vs_merlin"] >= 8
+    assert h["gflops_per_study"] < 1329  # the hospital ViT-B stays below Merlin at its token budget
+    assert demo["pretrain"]["mask_ratio"] == 0.9
+    splits = {g["seed"] for g in demo["data"]["train"] if g["kind"] == "analytic"}
+    assert all(s < 1000 for s in splits)
+    assert all(g.get("source") != "B" for g in demo["data"]["train"])  # patient B never trains
