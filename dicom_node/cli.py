@@ -68,9 +68,11 @@ def run_node(config: NodeConfig) -> int:
         signal.signal(sig, lambda *_: stop.set())
     # Heartbeat into the shared database so the TUI and `totalfm doctor` see the node (and its load) without
     # talking DICOM to it; a beat with 0 associations on the way out says it stopped cleanly.
+    port = node.port  # node.port is gone once the server stops; the last beat still needs it
+
     def beat(active: int) -> None:
         try:
-            store.node_heartbeat(ae_title=config.ae_titles[0], host=config.bind_address, port=node.port,
+            store.node_heartbeat(ae_title=config.ae_titles[0], host=config.bind_address, port=port,
                                  active_associations=active)
         except Exception:  # the database being briefly unavailable must not stop the node
             logging.getLogger("totalfm.node").warning("node heartbeat failed; retrying", exc_info=True)

@@ -105,7 +105,7 @@ def build_sr(result: AnalysisResult, source: Sequence[Dataset], *, segmentation:
             measurements=measurements or None, qualitative_evaluations=evaluations or None)
         if name in segments:
             groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
-                referenced_segment=hd.sr.ReferencedSegment.from_segmentation(segmentation, segments[name]), **common))
+                referenced_segment=_referenced_segment(segmentation, segments[name], source), **common))
         else:
             groups.append(hd.sr.MeasurementsAndQualitativeEvaluations(**common))
 
@@ -129,3 +129,17 @@ def build_sr(result: AnalysisResult, source: Sequence[Dataset], *, segmentation:
     sr.ManufacturerModelName = ALGORITHM_NAME
     sr.SoftwareVersions = version[:64]
     return sr
+
+
+def _referenced_segment(segmentation: Dataset, number: int, source: Sequence[Dataset]):
+    """highdicom's from_segmentation reads the segment number from the per-frame groups; a SEG with ONE segment
+    carries it in the shared groups instead (highdicom writes it so), and from_segmentation then fails. In that case
+    every frame belongs to the segment, so reference the segment (no frame list: DICOM forbids both) and its source
+    images directly."""
+    try:
+        return hd.sr.ReferencedSegment.from_segmentation(segmentation, number)
+    except AttributeError:
+        return hd.sr.ReferencedSegment(
+            sop_class_uid=segmentation.SOPClassUID, sop_instance_uid=segmentation.SOPInstanceUID,
+            segment_number=number,
+            source_images=[hd.sr.SourceImageForSegmentation.from_source_image(d) for d in source])

@@ -129,6 +129,26 @@ def test_seg_lies_on_source_slices_and_validates(study, tmp_path):
         assert errors == [], errors
 
 
+def test_sr_references_the_only_segment_of_a_one_organ_seg(study, tmp_path):
+    # highdicom puts the segment number of a one-segment SEG in the shared functional groups; the SR must still
+    # reference it (found by the demo: a study where only the liver was segmented broke the SR build).
+    from appliance.nifti_io import read_nifti, write_nifti
+    lab = read_nifti(study.labels_path)
+    liver = ontology.ORGANS.index(next(o for o in ontology.ORGANS if o.name == "liver")) + 1
+    one = lab.with_array(np.where(lab.array == liver, liver, 0).astype(np.uint8))
+    write_nifti(one, tmp_path / "liver_only.nii.gz")
+    src = [pydicom.dcmread(f) for f in study.files]
+    seg = build_seg(tmp_path / "liver_only.nii.gz", src, bundle_id="bundle-test-1")
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["liver"]
+    sr = build_sr(make_result(study), src, segmentation=seg)
+    path = tmp_path / "sr.dcm"
+    sr.save_as(path, enforce_file_format=True)
+    assert "(0062,000B)" in str(pydicom.dcmread(path))  # Referenced Segment Number
+    if shutil.which("dciodvfy"):
+        errors, _ = _dciodvfy(path)
+        assert errors == [], errors
+
+
 def test_seg_refuses_multiframe_sources_with_a_clear_error(study):
     from dicom_node.seg import SegError
     src = [pydicom.dcmread(f, stop_before_pixels=True) for f in study.files]
