@@ -202,7 +202,8 @@ def main(argv: list[str]) -> int:
         _print_result(result, truth)
 
         print("\n== 5/5 waiting for the SR and SEG to reach the stand-in PACS")
-        got = _wait("SR/SEG delivery", lambda: (len(pacs.received) >= 2) and pacs.received, 120, procs)
+        got = _wait("SR/SEG delivery", lambda: {p.name.split("_")[0] for p in pacs.received} >= {"SR", "SEG"}
+                    and sorted(set(pacs.received)), 180, procs)
         for path in got:
             print(f"   received {path}")
         print(f"\nAll outputs are an {DRAFT_LABEL}.")

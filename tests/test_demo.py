@@ -1,0 +1,23 @@
+"""The README's main job, end to end, as a user runs it: `totalfm demo` on the embedded default bundle (node and
+worker as separate processes, the study over DICOM, SR and SEG back to a stand-in PACS)."""
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+
+@pytest.mark.slow
+def test_demo_runs_end_to_end(tmp_path, shared_data):
+    out = subprocess.run([sys.executable, "-m", "appliance.cli", "demo", "--dir", str(tmp_path / "demo"),
+                          "--data-dir", str(shared_data), "--timeout", "540"],
+                         capture_output=True, text=True, cwd=REPO_ROOT, timeout=600)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    text = out.stdout
+    assert "== organs found" in text and "== draft report" in text
+    assert "AI DRAFT for radiologist review" in text
+    assert text.count("received ") >= 2  # SR and SEG reached the stand-in PACS
+    inbox = sorted(p.name.split("_")[0] for p in (tmp_path / "demo" / "pacs_inbox").iterdir())
+    assert inbox == ["SEG", "SR"]
