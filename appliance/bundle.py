@@ -332,6 +332,15 @@ def write_manifest(root: str | Path, manifest: dict) -> Path:
     verify_files(root, manifest)
     out = root / MANIFEST
     tmp = out.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n", encoding="utf-8")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=False, default=_json_plain) + "\n", encoding="utf-8")
     tmp.replace(out)
     return out
+
+
+def _json_plain(o):
+    """Checkpoint metrics arrive with numpy scalars/arrays in them; the manifest stores plain JSON numbers/lists."""
+    if hasattr(o, "item") and getattr(o, "ndim", 0) == 0:
+        return o.item()
+    if hasattr(o, "tolist"):
+        return o.tolist()
+    raise TypeError(f"{type(o).__name__} cannot go into manifest.json")
