@@ -48,6 +48,10 @@ def _check_preprocessing(pp: dict) -> None:
         raise SegmentationError("spacing_mm and patch_size must have three entries (z, y, x)")
     if float(pp["std"]) <= 0:
         raise SegmentationError("preprocessing std must be positive")
+    for key, allowed in (("blend", ("softmax", "logits")), ("importance_map", ("symmetric", "nnunet")),
+                         ("window_frame", ("LPS", "RAS"))):
+        if key in pp and pp[key] not in allowed:
+            raise SegmentationError(f"preprocessing {key} = {pp[key]!r}; allowed: {', '.join(allowed)}")
 
 
 def normalise(array: np.ndarray, pp: dict) -> np.ndarray:
@@ -59,11 +63,15 @@ def normalise(array: np.ndarray, pp: dict) -> np.ndarray:
     return out
 
 
-def gaussian_importance(patch: tuple[int, int, int], sigma_scale: float = 1.0 / 8) -> np.ndarray:
-    """nnU-Net's importance map: a Gaussian centred on the patch, sigma = patch * sigma_scale, max 1, no zeros."""
+def gaussian_importance(patch: tuple[int, int, int], sigma_scale: float = 1.0 / 8, *,
+                        centre: str = "symmetric") -> np.ndarray:
+    """nnU-Net's importance map: a Gaussian centred on the patch, sigma = patch * sigma_scale, max 1, no zeros.
+
+    centre "symmetric": at (n-1)/2 (our own models); "nnunet": at index n//2 as nnU-Net places it (one voxel off
+    the middle on even sizes) - needed to reproduce TotalSegmentator's blend exactly."""
     grids = []
     for n in patch:
-        c = (n - 1) / 2.0
+        c = (n // 2) if centre == "nnunet" else (n - 1) / 2.0
         s = max(n * sigma_scale, 1e-6)
         x = np.arange(n, dtype=np.float64)
         grids.append(np.exp(-0.5 * ((x - c) / s) ** 2))
@@ -85,8 +93,15 @@ def window_starts(size: int, patch: int, step: float) -> list[int]:
 
 
 def sliding_window_probabilities(image: np.ndarray, patch: tuple[int, int, int], predict: Predict, *,
-                                 step: float = 0.5, batch_size: int = 2, pad_value: float = 0.0) -> np.ndarray:
-    """Blended softmax probabilities [C, *image.shape] of ``predict`` over windows of ``patch`` covering ``image``."""
+                                 step: float = 0.5, batch_size: int = 2, pad_value: float = 0.0,
+                                 blend: str = "softmax", importance_map: str = "symmetric",
+                                 mirror_axes: tuple[int, ...] = ()) -> np.ndarray:
+    """Blended softmax probabilities [C, *image.shape] of ``predict`` over windows of ``patch`` covering ``image``.
+
+    blend "softmax" (default) blends probabilities; "logits" blends raw logits and takes the softmax at the end, as
+    nnU-Net does. mirror_axes: axes on which the window grid (and the importance map) is laid out from the far end,
+    i.e. in the frame of an array flipped on those axes - nnU-Net works on RAS arrays, ours are LPS, so reproducing
+    TotalSegmentator's windows exactly needs axes 1 and 2 mirrored."""
     patch = tuple(int(p) for p in patch)
     orig = image.shape
     pads = [(0, max(0, p - s)) for s, p in zip(orig, patch)]
@@ -94,8 +109,14 @@ def sliding_window_probabilities(image: np.ndarray, patch: tuple[int, int, int],
     pads = [(b // 2, b - b // 2) for _, b in pads]
     img = np.pad(image, pads, mode="constant", constant_values=pad_value) if any(b for _, b in pads) else image
     shape = img.shape
-    starts = list(itertools.product(*(window_starts(s, p, step) for s, p in zip(shape, patch))))
-    weight = gaussian_importance(patch)
+    per_axis = []
+    for a, (s_, p_) in enumerate(zip(shape, patch)):
+        st = window_starts(s_, p_, step)
+        per_axis.append(sorted(s_ - p_ - v for v in st) if a in mirror_axes else st)
+    starts = list(itertools.product(*per_axis))
+    weight = gaussian_importance(patch, centre=importance_map)
+    if mirror_axes:
+        weight = np.ascontiguousarray(np.flip(weight, axis=tuple(mirror_axes)))
     acc = None
     norm = np.zeros(shape, dtype=np.float32)
     for i in range(0, len(starts), max(1, batch_size)):
@@ -105,9 +126,7 @@ def sliding_window_probabilities(image: np.ndarray, patch: tuple[int, int, int],
         if logits.ndim != 5 or logits.shape[0] != len(chunk) or tuple(logits.shape[2:]) != patch:
             raise SegmentationError(f"predict returned shape {logits.shape}, expected [{len(chunk)}, C, {patch}]")
         logits = logits.astype(np.float32, copy=False)
-        logits = logits - logits.max(axis=1, keepdims=True)
-        prob = np.exp(logits)
-        prob /= prob.sum(axis=1, keepdims=True)
+        prob = logits if blend == "logits" else _softmax(logits, axis=1)
         if acc is None:
             acc = np.zeros((logits.shape[1],) + shape, dtype=np.float32)
         for (z, y, x), p in zip(chunk, prob):
@@ -115,7 +134,13 @@ def sliding_window_probabilities(image: np.ndarray, patch: tuple[int, int, int],
             norm[z:z + patch[0], y:y + patch[1], x:x + patch[2]] += weight
     acc /= norm[None]
     crop = tuple(slice(b, b + s) for (b, _), s in zip(pads, orig))
-    return acc[(slice(None),) + crop]
+    out = acc[(slice(None),) + crop]
+    return _softmax(out, axis=0) if blend == "logits" else out
+
+
+def _softmax(x: np.ndarray, axis: int) -> np.ndarray:
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
 
 
 def _nearest_back(labels: Volume, reference: Volume) -> np.ndarray:
@@ -142,8 +167,14 @@ def segment_volume(volume: Volume, preprocessing: dict, predict: Predict, *, bat
     work = resample(to_canonical(volume), spacing=spacing, order=1)
     img = normalise(work.array, pp)
     pad_value = float((float(pp["clip_hu"][0]) - float(pp["mean"])) / float(pp["std"]))
+    # nnU-Net models (TotalSegmentator import) declare nnU-Net's blend; the window frame is the RAS array, whose
+    # y/x run opposite to our canonical LPS array (export/totalseg_import.py measured 94.8 -> 99.9% identical
+    # labels vs the totalsegmentator() API with these).
+    mirror = (1, 2) if pp.get("window_frame") == "RAS" else ()
     prob = sliding_window_probabilities(img, patch, predict, step=float(pp.get("step", 0.5)),
-                                        batch_size=batch_size, pad_value=pad_value)
+                                        batch_size=batch_size, pad_value=pad_value,
+                                        blend=pp.get("blend", "softmax"),
+                                        importance_map=pp.get("importance_map", "symmetric"), mirror_axes=mirror)
     if prob.shape[0] != len(class_ids):
         raise SegmentationError(f"network gives {prob.shape[0]} channels but class_ids has {len(class_ids)}")
     dtype = np.uint8 if class_ids.max(initial=0) < 256 else np.uint16

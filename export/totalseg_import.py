@@ -95,10 +95,10 @@ def preprocessing_from_plans(plans: dict, dataset: dict) -> dict:
         # nnU-Net's default 0.5; the blend differs with the window grid, so the step must be the same.
         "label_space": "totalseg", "class_ids": class_ids, "step": 0.8,
         "source": "nnU-Net v2 plans (TotalSegmentator)", "mirroring": False, "gaussian_sigma_scale": 0.125,
-        # What nnU-Net does and appliance.segment.segment_volume does not (yet): blend raw logits (not softmax),
-        # Gaussian centred at index n//2 with windows laid out from voxel 0 of the RAS-canonical array (our LPS
-        # array's y/x ends are the other side). Measured on the shared CT: honouring these gives 99.90% identical
-        # labels vs the totalsegmentator() API, ignoring them 94.8%. segment_volume should read these keys.
+        # nnU-Net's blend, which appliance.segment.segment_volume honours when these keys are present: raw logits
+        # blended (not softmax), Gaussian centred at index n//2, windows laid out from voxel 0 of the RAS-canonical
+        # array (our LPS array's y/x ends are the other side). Measured on the shared CT: 99.80% identical labels
+        # vs the totalsegmentator() API with them, 94.8% without (tests/export/test_totalseg_import.py).
         "blend": "logits", "importance_map": "nnunet", "window_frame": "RAS",
         "orientation_in_graph": "LPS->RAS flip of y,x and plans transpose are inside the ONNX graph",
     }
