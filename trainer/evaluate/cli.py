@@ -50,6 +50,39 @@ def torch_encoders(checkpoint: str | Path):
     return encode_crops, embed_texts, float(scale), meta
 
 
+def bundle_encoders(bundle_path: str | Path, threads: int = 2):
+    """The same interface as torch_encoders, but from an exported bundle, run the way the appliance runs it: the
+    organ encoder through appliance.backends (ONNX Runtime), the prompts from the bundle's stored embeddings. Used to
+    show export -> load -> the same scores as the trainer's torch evaluation."""
+    from appliance.backends import open_model
+    from appliance.bundle import load_bundle
+
+    b = load_bundle(bundle_path)
+    spec = b.model("organ_encoder")
+    runner = open_model(spec.path, backend="cpu", threads=threads)
+    table = b.prompt_embeddings
+    index = {t: i for i, t in enumerate(b.provenance.get("prompts") or [])}
+
+    def encode_crops(x, oi):
+        out = []
+        for i in range(0, len(x), 16):
+            feeds = {"crop": np.ascontiguousarray(x[i:i + 16], np.float32),
+                     "organ_index": np.ascontiguousarray(oi[i:i + 16], np.int64)}
+            out.append(runner.run(feeds)["embedding"])
+        return np.concatenate(out) if out else np.zeros((0, table.shape[1]), np.float32)
+
+    def embed_texts(texts):
+        missing = [t for t in texts if t not in index]
+        if missing:
+            raise SystemExit(f"bundle {bundle_path} has no stored embedding for {len(missing)} prompt(s), e.g. "
+                             f"{missing[0]!r}: it was exported from another ontology")
+        return table[[index[t] for t in texts]]
+
+    meta = {"model_config": {"input_shape": spec.preprocessing["input_shape"], "embed_dim": int(table.shape[1])},
+            "bundle_id": b.bundle_id}
+    return encode_crops, embed_texts, float(b.logit_scale), meta
+
+
 def load_splits(args, input_shape, encode, embed_dim):
     from trainer.evaluate.zeroshot import split_from_bank
     from trainer.model import data
@@ -70,7 +103,10 @@ def load_splits(args, input_shape, encode, embed_dim):
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="totalfm train eval", description=__doc__.split("\n")[0])
-    p.add_argument("--checkpoint", required=True, help="contrastive checkpoint (file, or run dir with final.pt)")
+    src_group = p.add_mutually_exclusive_group(required=True)
+    src_group.add_argument("--checkpoint", help="contrastive checkpoint (file, or run dir with final.pt)")
+    src_group.add_argument("--bundle", help="evaluate an exported bundle as the appliance runs it (ONNX Runtime, "
+                                            "stored prompt embeddings); thresholds are not written anywhere")
     p.add_argument("--pairs", help="pair dataset (val split -> thresholds, test split -> metrics)")
     p.add_argument("--synth-val", type=int, default=0, help="without --pairs: analytic val studies to generate")
     p.add_argument("--synth-test", type=int, default=0, help="without --pairs: analytic test studies to generate")
@@ -92,13 +128,17 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(max(1, args.threads))
     t0 = time.time()
-    encode, embed_texts, scale, meta = torch_encoders(args.checkpoint)
+    if args.bundle:
+        encode, embed_texts, scale, meta = bundle_encoders(args.bundle, args.threads)
+        args.no_write_thresholds = True
+    else:
+        encode, embed_texts, scale, meta = torch_encoders(args.checkpoint)
     cfg = meta["model_config"]
     val, test, src = load_splits(args, cfg["input_shape"], encode, int(cfg["embed_dim"]))
     specs, prompts = finding_specs(embed_texts)
     res = evaluate(val, test, specs, prompts, scale, n_boot=args.bootstrap, seed=args.seed,
                    organ_rule=args.organ_rule)
-    extra = {"checkpoint": str(args.checkpoint), "data": src, "eval_seconds": round(time.time() - t0, 1),
+    extra = {"checkpoint": str(args.checkpoint or ""), "bundle": str(args.bundle or ""), "data": src, "eval_seconds": round(time.time() - t0, 1),
              "model_config": cfg}
     paths = write_outputs(res, args.out, extra=extra, plots=not args.no_plots)
     if not args.no_write_thresholds:
