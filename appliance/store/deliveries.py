@@ -33,17 +33,20 @@ class DeliveryMixin:
     delivery_retry_max_seconds: float = 6 * 3600.0
 
     def enqueue_delivery(self, analysis_id: int, *, destination: str, kind: str) -> int:
+        """Queue one object for one destination; idempotent: the same (analysis, destination, kind) again returns
+        the existing delivery's id (the database decides, so two planners racing cannot queue it twice)."""
         if kind not in DELIVERY_KINDS:
             raise StoreError(f"delivery kind {kind!r} is unknown; use one of {', '.join(DELIVERY_KINDS)}")
         now = utcnow()
         with self.session() as s:
             if s.get(Analysis, analysis_id) is None:
                 raise StoreError(f"analysis {analysis_id} does not exist; nothing to send")
-            row = Delivery(analysis_id=analysis_id, destination=destination, kind=kind, state="pending", attempts=0,
-                           next_try_at=now, created_at=now)
-            s.add(row)
-            s.flush()
-            return row.id
+            s.execute(self._insert(Delivery).values(
+                analysis_id=analysis_id, destination=destination, kind=kind, state="pending", attempts=0,
+                next_try_at=now, created_at=now,
+            ).on_conflict_do_nothing(index_elements=["analysis_id", "destination", "kind"]))
+            return s.scalar(select(Delivery.id).where(Delivery.analysis_id == analysis_id,
+                                                      Delivery.destination == destination, Delivery.kind == kind))
 
     def due_deliveries(self, *, now: dt.datetime | None = None, limit: int = 50) -> list[DueDelivery]:
         now = as_naive_utc(now) if now else utcnow()

@@ -178,7 +178,9 @@ class ReportRow(Base):
 class Delivery(Base):
     """Persistent retry queue of DICOM objects (SR, SEG) to send back to PACS."""
     __tablename__ = "deliveries"
-    __table_args__ = (Index("ix_deliveries_due", "state", "next_try_at"),)
+    __table_args__ = (Index("ix_deliveries_due", "state", "next_try_at"),
+                      # one SR and one SEG per analysis and destination, even if two node processes plan at once
+                      UniqueConstraint("analysis_id", "destination", "kind", name="uq_deliveries_analysis_dest_kind"))
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     analysis_id: Mapped[int] = mapped_column(ForeignKey("analyses.id", ondelete="CASCADE"), index=True)
     destination: Mapped[str] = mapped_column(String(128))

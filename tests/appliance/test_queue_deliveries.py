@@ -43,6 +43,9 @@ def test_delivery_retries_with_backoff_then_fails_keeping_error(store):
     store.delivery_max_attempts, store.delivery_retry_base_seconds = 3, 60
     sr = store.enqueue_delivery(analysis_id, destination="PACS1", kind="SR")
     seg = store.enqueue_delivery(analysis_id, destination="PACS1", kind="SEG")
+    # idempotent: planning the same object for the same destination again (another node process, a restart)
+    # returns the existing row instead of queueing a second send
+    assert store.enqueue_delivery(analysis_id, destination="PACS1", kind="SR") == sr
     with pytest.raises(StoreError, match="kind 'PDF' is unknown"):
         store.enqueue_delivery(analysis_id, destination="PACS1", kind="PDF")
     with pytest.raises(StoreError, match="does not exist"):
