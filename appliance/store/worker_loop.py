@@ -48,11 +48,17 @@ def run_worker(store, worker_id: str, work: Callable[[Job], AnalysisResult], *, 
 def _run_one(store, worker_id, job, work, lease_seconds, heartbeat_seconds) -> bool:
     finished, lost = threading.Event(), threading.Event()
 
+    host, pid = socket.gethostname(), os.getpid()
+
     def beat():
         while not finished.wait(heartbeat_seconds):
             if not store.heartbeat(job.id, worker_id, lease_seconds=lease_seconds):
                 lost.set()
                 return
+            try:  # the worker row too, so the dashboard sees a live worker during a long study, not only between
+                store.worker_heartbeat(worker_id, host=host, pid=pid, current_job_id=job.id)
+            except Exception:  # status only; the lease above is what matters
+                log.debug("worker heartbeat failed", exc_info=True)
 
     t = threading.Thread(target=beat, name=f"lease-{job.id}", daemon=True)
     t.start()

@@ -55,3 +55,23 @@ def test_result_is_discarded_when_the_job_is_cancelled_mid_work(store):
     with store.read_session() as s:
         assert s.scalar(select(func.count()).select_from(Analysis)) == 0
         assert s.get(JobRow, job_id).state == "cancelled"
+
+
+def test_worker_row_is_heartbeated_during_a_long_job(store):
+    # The dashboard tells a busy worker from a dead one by its row's heartbeat; it must move during the job.
+    add_instance(store, "1.9", 1)
+    store.enqueue_analysis("1.9", reason="new study")
+    seen = []
+
+    def work(job):
+        with store.read_session() as s:
+            first = s.get(Worker, "w3").last_heartbeat
+        time.sleep(1.0)  # lease heartbeats every 0.2 s
+        with store.read_session() as s:
+            row = s.get(Worker, "w3")
+            seen.append((first, row.last_heartbeat, row.current_job_id, job.id))
+        return _result()
+
+    assert run_worker(store, "w3", work, lease_seconds=0.6, heartbeat_seconds=0.2, exit_when_idle=True) == 1
+    first, later, current, job_id = seen[0]
+    assert later > first and current == job_id
