@@ -41,13 +41,7 @@ class PairDataset:
     def studies(self, split: str | None = None, status: str | None = None) -> list[sqlite3.Row]:
         sql = "SELECT study_key, patient, kind, seed, split, status, reason, duplicate_of, n_crops, n_sentences," \
               " n_pairs, truth, path FROM studies WHERE 1=1"
-        args: list = []
-        if split is not None:
-            sql += " AND split=?"
-            args.append(split)
-        if status is not None:
-            sql += " AND status=?"
-            args.append(status)
+        sql, args = _filtered(sql, (("split", split), ("status", status)))
         return self.con.execute(sql + " ORDER BY study_key", args).fetchall()
 
     # ---- crops
@@ -58,17 +52,7 @@ class PairDataset:
         sql = ("SELECT c.crop_id, c.study_key, c.organ, c.status, c.reason, c.volume_ml, c.voxel_count, c.shape,"
                " c.spacing, c.stored, s.split, s.patient, s.kind FROM crops c JOIN studies s USING(study_key)"
                " WHERE s.status='ok'")
-        args: list = []
-        if organ is not None:
-            sql += " AND c.organ=?"
-            args.append(organ)
-        if split is not None:
-            sql += " AND s.split=?"
-            args.append(split)
-        if status is not None:
-            sts = (status,) if isinstance(status, str) else tuple(status)
-            sql += f" AND c.status IN ({','.join('?' * len(sts))})"
-            args += list(sts)
+        sql, args = _filtered(sql, (("c.organ", organ), ("s.split", split)), status=status)
         return self.con.execute(sql + " ORDER BY c.study_key, c.organ", args).fetchall()
 
     def load_crop(self, crop_id: int) -> tuple[np.ndarray, np.ndarray]:
@@ -92,12 +76,8 @@ class PairDataset:
                   finding: str | None = None) -> list[sqlite3.Row]:
         sql = ("SELECT t.sentence_id, t.study_key, t.idx, t.text, t.section, t.organ, t.polarity, t.finding, t.phase,"
                " t.hedged, t.synthetic, s.split FROM sentences t JOIN studies s USING(study_key) WHERE s.status='ok'")
-        args: list = []
-        for col, val in (("t.study_key", study_key), ("t.organ", organ), ("t.polarity", polarity),
-                         ("t.finding", finding)):
-            if val is not None:
-                sql += f" AND {col}=?"
-                args.append(val)
+        sql, args = _filtered(sql, (("t.study_key", study_key), ("t.organ", organ), ("t.polarity", polarity),
+                                    ("t.finding", finding)))
         return self.con.execute(sql + " ORDER BY t.study_key, t.idx", args).fetchall()
 
     def pairs(self, split: str | None = None, organ: str | None = None, kind: str | None = None
@@ -107,11 +87,7 @@ class PairDataset:
         sql = ("SELECT p.pair_id, p.kind, c.crop_id, c.study_key, c.organ, c.status AS crop_status, t.sentence_id,"
                " t.text, t.polarity, t.finding, t.synthetic, s.split FROM pairs p JOIN crops c USING(crop_id)"
                " JOIN sentences t USING(sentence_id) JOIN studies s ON s.study_key=c.study_key WHERE s.status='ok'")
-        args: list = []
-        for col, val in (("s.split", split), ("c.organ", organ), ("p.kind", kind)):
-            if val is not None:
-                sql += f" AND {col}=?"
-                args.append(val)
+        sql, args = _filtered(sql, (("s.split", split), ("c.organ", organ), ("p.kind", kind)))
         return self.con.execute(sql + " ORDER BY c.study_key, c.organ, t.idx", args).fetchall()
 
     def organ_labels(self, study_key: str) -> dict[str, dict]:
@@ -128,15 +104,8 @@ class PairDataset:
         sql = ("SELECT c.crop_id, c.study_key, c.organ, c.status AS crop_status, c.volume_ml, t.sentence_id, t.text,"
                " t.polarity, t.finding, t.synthetic, s.split FROM crops c JOIN studies s USING(study_key)"
                " JOIN sentences t ON t.study_key=c.study_key AND t.organ=c.organ WHERE s.status='ok' AND c.stored=1")
-        args: list = []
-        for col, val in (("c.organ", organ), ("t.finding", finding), ("t.polarity", polarity), ("s.split", split)):
-            if val is not None:
-                sql += f" AND {col}=?"
-                args.append(val)
-        if status is not None:
-            sts = (status,) if isinstance(status, str) else tuple(status)
-            sql += f" AND c.status IN ({','.join('?' * len(sts))})"
-            args += list(sts)
+        sql, args = _filtered(sql, (("c.organ", organ), ("t.finding", finding), ("t.polarity", polarity),
+                                    ("s.split", split)), status=status)
         return self.con.execute(sql + " ORDER BY c.study_key, c.organ, t.idx", args).fetchall()
 
     def log(self, study_key: str | None = None) -> list[sqlite3.Row]:
@@ -157,3 +126,18 @@ class PairDataset:
             "sentences": one("SELECT COUNT(*) FROM sentences"),
             "pairs_by_kind": dict(self.con.execute("SELECT kind, COUNT(*) FROM pairs GROUP BY kind").fetchall()),
         }
+
+
+def _filtered(sql: str, equals, *, status: str | tuple | None = None) -> tuple[str, list]:
+    """Append ``AND col=?`` for every (col, value) whose value is not None, and ``AND c.status IN (...)`` for a crop
+    status or tuple of statuses; the query must already have a WHERE clause."""
+    args: list = []
+    for col, val in equals:
+        if val is not None:
+            sql += f" AND {col}=?"
+            args.append(val)
+    if status is not None:
+        sts = (status,) if isinstance(status, str) else tuple(status)
+        sql += f" AND c.status IN ({','.join('?' * len(sts))})"
+        args += list(sts)
+    return sql, args
