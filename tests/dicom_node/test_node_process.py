@@ -153,7 +153,13 @@ def test_node_process_delivers_sr_and_seg_after_analysis(tmp_path):
         while len(pacs.received) < 2 and time.time() < deadline:
             time.sleep(0.2)
         assert sorted(ds.Modality for ds in pacs.received) == ["SEG", "SR"]
-        assert db_rows(db, "select kind, state from deliveries order by kind") == [("SEG", "sent"), ("SR", "sent")]
+        # The PACS holds the object a moment before the sender records the C-STORE response: wait for the row.
+        want = [("SEG", "sent"), ("SR", "sent")]
+        rows = db_rows(db, "select kind, state from deliveries order by kind")
+        while rows != want and time.time() < deadline:
+            time.sleep(0.2)
+            rows = db_rows(db, "select kind, state from deliveries order by kind")
+        assert rows == want
         assert list((tmp_path / "spool" / "results").rglob("*.dcm"))  # objects kept in the spool's results dir
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
