@@ -73,3 +73,22 @@ def test_finding_truth_abnormal_and_multi_organ():
     y = finding_truth(split, specs)[0]
     assert y[names.index("ascites")] and y[names.index("spleen_abnormal")]
     assert not y[names.index("liver_abnormal")]
+
+
+def test_uninformative_validation_scores_never_call_a_finding_positive():
+    """Max F1 on scores that do not rank positives first picks the lowest score as threshold (everything positive,
+    F1 = 2p/(1+p)); the guard turns that into a threshold no softmax score reaches."""
+    from appliance.scoring import decide
+    from trainer.evaluate import metrics as M
+    from trainer.evaluate.zeroshot import MIN_VAL_AUROC, NEVER_POSITIVE, calibrate
+    y = np.array([1, 0, 0, 0, 0, 1, 0, 0, 0, 0], bool)
+    flat = np.full(10, 0.49)
+    assert M.best_threshold(y, flat)[0] == 0.49  # what plain max F1 would ship: every study positive
+    thr, vf1, src = calibrate(y, flat)
+    assert (thr, src) == (NEVER_POSITIVE, "uninformative_on_val") and not decide(1.0, thr)
+    inverted = np.where(y, 0.2, 0.8)  # ranks negatives first
+    assert calibrate(y, inverted)[2] == "uninformative_on_val"
+    good = np.where(y, 0.9, 0.1) + np.linspace(0, 0.01, 10)
+    thr, vf1, src = calibrate(y, good)
+    assert src == "val_max_f1" and 0.1 < thr <= 0.91 and vf1 == 1.0 and M.auroc(y, good) >= MIN_VAL_AUROC
+    assert calibrate(np.zeros(10, bool), good)[2] == "default"  # no validation positives: 0.5, flagged

@@ -10,6 +10,12 @@ import numpy as np
 from appliance.scoring import DISCLAIMER
 
 
+def _threshold(r: dict) -> str:
+    """Threshold cell: the value, flagged when it was not picked by max F1 on validation."""
+    flag = {"default": " (default)", "uninformative_on_val": " (never positive: val AUROC < 0.6)"}
+    return f"{r['threshold']:.3f}{flag.get(r['threshold_source'], '')}"
+
+
 def _num(x, nd=3) -> str:
     return "n/a" if x is None or not np.isfinite(x) else f"{x:.{nd}f}"
 
@@ -47,16 +53,15 @@ def markdown(res: dict, title: str = "Zero-shot evaluation") -> str:
              "| organ | F1 [95% CI] | AUROC | threshold (val) | test pos / n | other rule F1 |",
              "| --- | --- | --- | --- | --- | --- |"]
     for organ, r in res["organs"].items():
-        lines.append(f"| {organ} | {_num(r['f1'])}{_ci(r['f1_ci'])} | {_num(r['auroc'])} | {r['threshold']:.3f}"
-                     f"{'' if r['threshold_source'] != 'default' else ' (default)'} | {r['n_pos']} / {r['n']} | "
+        lines.append(f"| {organ} | {_num(r['f1'])}{_ci(r['f1_ci'])} | {_num(r['auroc'])} | {_threshold(r)} | "
+                     f"{r['n_pos']} / {r['n']} | "
                      f"{_num(r['other_rule']['f1'])} |")
     lines += ["", "## Finding-wise AUROC", "",
               "| finding | organs | AUROC [95% CI] | F1 @ val threshold | threshold | test pos / n | val pos |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, r in res["findings"].items():
         lines.append(f"| {name} | {'/'.join(r['organs'])} | {_num(r['auroc'])}{_ci(r['auroc_ci'])} | "
-                     f"{_num(r['f1'])} | {r['threshold']:.3f}{'' if r['threshold_source'] != 'default' else ' (default)'}"
-                     f" | {r['n_pos']} / {r['n']} | {r['n_val_pos']} |")
+                     f"{_num(r['f1'])} | {_threshold(r)} | {r['n_pos']} / {r['n']} | {r['n_val_pos']} |")
     return "\n".join(lines) + "\n"
 
 

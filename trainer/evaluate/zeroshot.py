@@ -14,7 +14,10 @@ same thing in production. Decisions (documented, also printed in every report):
   the ``<organ>_abnormal``-prompt-only variant ("abnormal_prompt") for comparison. Organs whose crop was not encoded in
   a study are not assessable there (not counted as negatives).
 - **Thresholds**: picked on the VALIDATION split by max F1 (``metrics.best_threshold``), per finding and per organ,
-  then applied unchanged on the test split. A finding without validation positives keeps 0.5 (flagged
+  then applied unchanged on the test split. Guard: when the validation scores do not rank the positives above the
+  negatives (validation AUROC < ``MIN_VAL_AUROC``), max F1 degenerates into "call everything positive" (F1 = 2p/(1+p)
+  beats any split of an uninformative score), so the threshold becomes ``NEVER_POSITIVE`` (``threshold_source:
+  "uninformative_on_val"``): a finding the model cannot separate is never put in front of a radiologist as positive. A finding without validation positives keeps 0.5 (flagged
   ``threshold_source: "default"``).
 - **Uncertainty**: percentile bootstrap over test studies (1000 resamples, 95 %); AUROC is "n/a" when the test split
   has no positive (or no negative) for a finding.
@@ -110,6 +113,26 @@ def organ_truth(split: SplitData, organ: str) -> np.ndarray:
     return np.array([bool((lab or {}).get(organ, {}).get("abnormal", False)) for lab in split.labels])
 
 
+MIN_VAL_AUROC = 0.6
+NEVER_POSITIVE = 1.01  # above any softmax score, so ``appliance.scoring.decide`` never calls the finding positive
+
+
+def calibrate(y_val, s_val) -> tuple[float, float, str]:
+    """Validation labels/scores -> (threshold, validation F1 at it, threshold_source); see the module docstring."""
+    y_val, s_val = np.asarray(y_val, bool), np.asarray(s_val, float)
+    ok = np.isfinite(s_val)
+    y_val, s_val = y_val[ok], s_val[ok]
+    if len(s_val) == 0:
+        return 0.5, float("nan"), "default"
+    thr, vf1 = M.best_threshold(y_val, s_val)
+    if not np.isfinite(vf1):
+        return thr, vf1, "default"
+    auc = M.auroc(y_val, s_val)
+    if not (np.isfinite(auc) and auc >= MIN_VAL_AUROC):
+        return NEVER_POSITIVE, 0.0, "uninformative_on_val"
+    return thr, vf1, "val_max_f1"
+
+
 def _fmt_ci(ci: dict) -> list:
     return [ci["lo"], ci["hi"]]
 
@@ -128,8 +151,7 @@ def evaluate(val: SplitData, test: SplitData, findings: Sequence[FindingSpec], p
                  "thresholds": {}, "organ_thresholds": {}, "_roc": {}}
     catalogue = {f.name for f in ontology.CATEGORY_FINDINGS}
     for j, f in enumerate(specs):
-        thr, vf1 = M.best_threshold(y_val[:, j], s_val[:, j]) if len(val) else (0.5, float("nan"))
-        src = "val_max_f1" if np.isfinite(vf1) else "default"
+        thr, vf1, src = calibrate(y_val[:, j], s_val[:, j]) if len(val) else (0.5, float("nan"), "default")
         yt, st = y_test[:, j], s_test[:, j]
         ok = np.isfinite(st)
         yt, st = yt[ok], st[ok]
@@ -155,8 +177,7 @@ def evaluate(val: SplitData, test: SplitData, findings: Sequence[FindingSpec], p
         row = {}
         for rule in ("any", "abnormal_prompt"):
             sv = ov.get(organ, {}).get(rule, np.array([]))
-            yv = organ_truth(val, organ)[np.isfinite(sv)] if len(sv) else np.array([], bool)
-            thr, vf1 = M.best_threshold(yv, sv[np.isfinite(sv)]) if len(sv) else (0.5, float("nan"))
+            thr, vf1, src = calibrate(organ_truth(val, organ), sv) if len(sv) else (0.5, float("nan"), "default")
             st = ot[organ][rule]
             ok = np.isfinite(st)
             yt, st = organ_truth(test, organ)[ok], st[ok]
@@ -169,7 +190,7 @@ def evaluate(val: SplitData, test: SplitData, findings: Sequence[FindingSpec], p
                                 n=n_boot, seed=seed + 1000 + k) if np.isfinite(f1) else {"lo": float("nan"),
                                                                                           "hi": float("nan")}
             row[rule] = {"f1": f1, "f1_ci": _fmt_ci(ci), "threshold": thr,
-                         "threshold_source": "val_max_f1" if np.isfinite(vf1) else "default", "val_f1": vf1,
+                         "threshold_source": src, "val_f1": vf1,
                          "auroc": M.auroc(yt, st), "n_pos": int(yt.sum()), "n": int(len(yt)), "confusion": conf}
         res["organs"][organ] = {**row[organ_rule], "other_rule": {"rule": "abnormal_prompt" if organ_rule == "any"
                                                                   else "any", **row["abnormal_prompt" if organ_rule
