@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 
 from appliance.scoring import DISCLAIMER
+from trainer.evaluate.zeroshot import MIN_VAL_AUROC
 
 
 def _threshold(r: dict) -> str:
     """Threshold cell: the value, flagged when it was not picked by max F1 on validation."""
-    flag = {"default": " (default)", "uninformative_on_val": " (never positive: val AUROC < 0.6)"}
+    flag = {"default": " (default)", "uninformative_on_val": f" (never positive: val AUROC < {MIN_VAL_AUROC})"}
     return f"{r['threshold']:.3f}{flag.get(r['threshold_source'], '')}"
 
 

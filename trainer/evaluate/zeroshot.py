@@ -17,8 +17,8 @@ same thing in production. Decisions (documented, also printed in every report):
   then applied unchanged on the test split. Guard: when the validation scores do not rank the positives above the
   negatives (validation AUROC < ``MIN_VAL_AUROC``), max F1 degenerates into "call everything positive" (F1 = 2p/(1+p)
   beats any split of an uninformative score), so the threshold becomes ``NEVER_POSITIVE`` (``threshold_source:
-  "uninformative_on_val"``): a finding the model cannot separate is never put in front of a radiologist as positive. A finding without validation positives keeps 0.5 (flagged
-  ``threshold_source: "default"``).
+  "uninformative_on_val"``): a finding the model cannot separate is never put in front of a radiologist as positive.
+  A finding without validation positives keeps 0.5 (flagged ``threshold_source: "default"``).
 - **Uncertainty**: percentile bootstrap over test studies (1000 resamples, 95 %); AUROC is "n/a" when the test split
   has no positive (or no negative) for a finding.
 - **Macro figures**: mean over the organs / findings for which the metric is defined on the test split.
