@@ -119,12 +119,7 @@ NEVER_POSITIVE = 1.01  # above any softmax score, so ``appliance.scoring.decide`
 
 def calibrate(y_val, s_val) -> tuple[float, float, str]:
     """Validation labels/scores -> (threshold, validation F1 at it, threshold_source); see the module docstring."""
-    y_val, s_val = np.asarray(y_val, bool), np.asarray(s_val, float)
-    ok = np.isfinite(s_val)
-    y_val, s_val = y_val[ok], s_val[ok]
-    if len(s_val) == 0:
-        return 0.5, float("nan"), "default"
-    thr, vf1 = M.best_threshold(y_val, s_val)
+    thr, vf1 = M.best_threshold(y_val, s_val)  # drops non-finite scores; (0.5, NaN) without positives or scores
     if not np.isfinite(vf1):
         return thr, vf1, "default"
     auc = M.auroc(y_val, s_val)
@@ -151,7 +146,7 @@ def evaluate(val: SplitData, test: SplitData, findings: Sequence[FindingSpec], p
                  "thresholds": {}, "organ_thresholds": {}, "_roc": {}}
     catalogue = {f.name for f in ontology.CATEGORY_FINDINGS}
     for j, f in enumerate(specs):
-        thr, vf1, src = calibrate(y_val[:, j], s_val[:, j]) if len(val) else (0.5, float("nan"), "default")
+        thr, vf1, src = calibrate(y_val[:, j], s_val[:, j])
         yt, st = y_test[:, j], s_test[:, j]
         ok = np.isfinite(st)
         yt, st = yt[ok], st[ok]
