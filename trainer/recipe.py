@@ -62,12 +62,14 @@ def synth_studies(recipe: dict, out: Path) -> dict:
             if have < n:
                 cmd = _totalfm() + ["synth", "--no-dicom", "--n", str(n), "--kind", g["kind"], "--seed",
                                     str(g["seed"]), "--out", str(folder), "--workers", str(d.get("workers", 2)),
-                                    "--normal-fraction", str(d.get("normal_fraction", 0.3)),
+                                    "--normal-fraction", str(g.get("normal_fraction", d.get("normal_fraction", 0.3))),
                                     "--phrasing", g.get("phrasing", "train")]
                 if g.get("size"):
                     cmd += ["--size", g["size"]]
                 if g.get("source"):
                     cmd += ["--source", g["source"]]
+                if g.get("findings_per_study"):  # enriched training plan (trainer.synth.plan._enriched)
+                    cmd += ["--findings-per-study", ",".join(str(int(v)) for v in g["findings_per_study"])]
                 subprocess.run(cmd, check=True)
             for s in sorted(folder.glob("study_*")):
                 link = flat / f"{name}_{s.name}"

@@ -24,6 +24,16 @@ def _triple(text: str, what: str, cast) -> tuple:
     return vals
 
 
+def _pair(text: str) -> tuple[int, int]:
+    try:
+        lo, hi = (int(v) for v in text.split(","))
+    except ValueError:
+        lo = hi = 0
+    if not 1 <= lo <= hi <= 16:
+        raise argparse.ArgumentTypeError(f"--findings-per-study needs LO,HI with 1 <= LO <= HI <= 16, got {text!r}")
+    return lo, hi
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="totalfm synth", description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=1, help="number of studies")
@@ -37,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="voxel size in mm x,y,z (default: the size spread over a whole torso)")
     p.add_argument("--normal-fraction", type=float, default=0.3)
     p.add_argument("--phrasing", choices=("train", "heldout"), default="train")
+    p.add_argument("--findings-per-study", type=_pair, default=None, metavar="LO,HI",
+                   help="enriched TRAINING plan: LO..HI findings per abnormal study, equal weights, one per organ "
+                        "(default: the realistic plan: 1-4 by prevalence with co-occurrences)")
     p.add_argument("--data-dir", default=None, help="shared data folder for real-backed (else $TOTALFM_SHARED_DATA)")
     p.add_argument("--source", default=None,
                    help="real-backed only: patient A (the NIfTI scans) or B (the DICOM series), or one source name "
@@ -56,7 +69,7 @@ def _one(args: argparse.Namespace, index: int) -> str:
     spacing = args.spacing[::-1] if args.spacing else None
     study = generate_study(args.kind, args.seed, index, shape=shape, spacing=spacing,
                            normal_fraction=args.normal_fraction, phrasing=args.phrasing, data_dir=args.data_dir,
-                           source=args.source)
+                           source=args.source, findings_per_study=args.findings_per_study)
     if args.kind == "real-backed":  # which real patient the phantom is (splits must never mix patients)
         from trainer.synth.realbacked import source_patient
         study.truth["source_patient"] = source_patient(study.truth.get("source"))

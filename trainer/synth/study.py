@@ -60,10 +60,12 @@ def _add_noise(ph: Phantom, rng: np.random.Generator, sigma_range) -> tuple[np.n
 
 def generate_study(kind: str = "analytic", seed: int = 0, index: int = 0, *, shape=None,
                    spacing=None, findings: list[str] | None = None, normal_fraction: float = 0.3,
-                   phrasing: str = "train", data_dir=None, realism: bool = True, source: str | None = None) -> Study:
+                   phrasing: str = "train", data_dir=None, realism: bool = True, source: str | None = None,
+                   findings_per_study: tuple[int, int] | None = None) -> Study:
     """Make study ``index`` of the run with ``seed``. ``shape`` is (z, y, x) (analytic default SMALL_SHAPE; real-backed
     default: a random crop of the source at about its spacing). ``findings``: exact list (``[]`` for a
-    normal study) instead of sampling. ``realism=False``: no blur, noise or findings (benchmark baseline)."""
+    normal study) instead of sampling. ``findings_per_study=(lo, hi)``: the enriched training plan
+    (``plan.sample_findings``). ``realism=False``: no blur, noise or findings (benchmark baseline)."""
     if kind not in KINDS:
         raise TotalFMError(f"unknown phantom kind {kind!r}; use one of {', '.join(KINDS)}")
     plan_rng = stream(seed, index, "plan")
@@ -93,7 +95,8 @@ def generate_study(kind: str = "analytic", seed: int = 0, index: int = 0, *, sha
                                shape=shape, spacing=spacing)
         sigma_range = (2, 8)  # the source already has its own noise
     if findings is None:
-        names = sample_findings(plan_rng, age=age, sex=ph.sex, normal_fraction=normal_fraction) if realism else []
+        names = sample_findings(plan_rng, age=age, sex=ph.sex, normal_fraction=normal_fraction,
+                                per_study=findings_per_study) if realism else []
     else:
         names = list(findings)
         unknown = [n for n in names if n not in _FINDING_INDEX]
