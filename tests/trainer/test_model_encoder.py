@@ -113,3 +113,19 @@ def test_recipes_load_and_demo_encoder_within_budget():
     splits = {g["seed"] for g in demo["data"]["train"] if g["kind"] == "analytic"}
     assert all(s < 1000 for s in splits)
     assert all(g.get("source") != "B" for g in demo["data"]["train"])  # patient B never trains
+    # enrichment is for training only: thresholds and metrics are measured at realistic prevalence
+    assert not any(g.get("findings_per_study") for split in ("val", "test") for g in demo["data"][split])
+
+
+def test_recipe_synth_passes_the_enriched_plan_per_group(tmp_path):
+    import json
+
+    from trainer.recipe import synth_studies
+    recipe = {"data": {"workers": 1, "normal_fraction": 0.3, "train": [
+        {"kind": "analytic", "n": 2, "seed": 0, "size": "64,64,48", "findings_per_study": [5, 5],
+         "normal_fraction": 0.0}]}}
+    made = synth_studies(recipe, tmp_path)
+    assert made == {"groups": {"train0_analytic": 2}}
+    for d in sorted((tmp_path / "flat").iterdir()):
+        truth = json.loads((d / "truth.json").read_text())
+        assert len(truth["findings"]) + len(truth["not_inserted"]) == 5

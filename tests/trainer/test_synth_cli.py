@@ -38,6 +38,9 @@ def test_cli_writes_studies_that_read_back(tmp_path):
 def test_cli_rejects_bad_arguments(tmp_path):
     with pytest.raises(SystemExit):
         synth_main(["--out", str(tmp_path), "--size", "64,64"])
+    for bad in ("6,3", "0,2", "3"):
+        with pytest.raises(SystemExit):
+            synth_main(["--out", str(tmp_path), "--findings-per-study", bad])
     with pytest.raises(TotalFMError, match="--n"):
         synth_main(["--out", str(tmp_path), "--n", "0"])
     assert totalfm(["synth", "--kind", "real-backed", "--out", str(tmp_path), "--data-dir", str(tmp_path)]) == 1
@@ -76,3 +79,13 @@ def test_bad_sizes_and_names_give_our_errors():
         generate_study("analytic", 0, 0, findings=["appendicitis"])
     with pytest.raises(TotalFMError, match="kind"):
         generate_study("mri", 0, 0)
+
+
+def test_cli_enriched_plan_writes_that_many_findings(tmp_path):
+    assert synth_main(["--out", str(tmp_path), "--n", "3", "--size", "64,64,48", "--no-dicom", "--normal-fraction",
+                       "0", "--findings-per-study", "4,4"]) == 0
+    for d in sorted(tmp_path.glob("study_*")):
+        truth = json.loads((d / "truth.json").read_text())
+        # 4 planned; a finding whose organ is outside this small field of view is recorded as not inserted
+        assert len(truth["findings"]) + len(truth["not_inserted"]) == 4
+        assert len(truth["findings"]) >= 2
