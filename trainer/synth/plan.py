@@ -1,6 +1,7 @@
 """Which findings a synthetic study gets: a configurable share of normal studies, otherwise 1-4 findings drawn by
 prevalence with the co-occurrences a radiologist expects (ascites with organomegaly, coronary with aortic calcium
-rising with age, effusion with atelectasis, metastases with nodes, ...)."""
+rising with age, effusion with atelectasis, metastases with nodes, ...). Training sets may instead use the enriched
+plan (``per_study``), which trades realism for positives per finding."""
 
 from __future__ import annotations
 
