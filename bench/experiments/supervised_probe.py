@@ -1,0 +1,87 @@
+"""Session-4 diagnostic (docs/results/model.md, #5): a supervised multi-label probe - which findings can an image
+model learn from the crops at a given encoder grid in N steps? Not product code and not tested. Example:
+
+    ARCH=cnn|vit|vit_hmlp python bench/experiments/supervised_probe.py 16,64,64 300 var/demo2/pairs var/probe3000/pairs var/probe_cache
+
+TRAIN_PAIRS: its train split (report-derived labels); PROBE_PAIRS: its test split (truth labels), e.g. 96 enriched
+studies from `totalfm synth --seed 3000 --findings-per-study 3,6 --phrasing heldout` + `totalfm train build-pairs`.
+"""
+import os, pickle, sys, time, numpy as np, torch, torch.nn as nn, torch.nn.functional as F
+sys.path.insert(0, str(__import__('pathlib').Path(__file__).resolve().parents[2]))
+from appliance import ontology
+from trainer.model import data as D
+from trainer.evaluate import metrics as M
+shape = tuple(int(v) for v in sys.argv[1].split(',')); steps = int(sys.argv[2]); torch.set_num_threads(1); torch.manual_seed(0)
+tag = 'x'.join(map(str, shape))
+def bank(path, split, cache, labels):
+    if os.path.exists(cache): return pickle.load(open(cache, 'rb'))
+    b = D.from_pairs(path, shape, splits=(split,), with_labels=labels); pickle.dump(b, open(cache, 'wb')); return b
+t0 = time.time()
+cache_dir = sys.argv[5]; os.makedirs(cache_dir, exist_ok=True)
+tr = bank(sys.argv[3], 'train', f'{cache_dir}/tr_{tag}.pkl', False)
+te = bank(sys.argv[4], 'test', f'{cache_dir}/probe_{tag}.pkl', True)
+print('banks', len(tr), len(te), f'{time.time()-t0:.0f}s', flush=True)
+FN = [f.name for f in ontology.CATEGORY_FINDINGS]; FI = {n: i for i, n in enumerate(FN)}
+ORG = {o.name: i for i, o in enumerate(ontology.ORGANS)}
+scored = torch.zeros(16, len(FN))  # which findings are scored in which organ crop
+for f in ontology.CATEGORY_FINDINGS:
+    for o in f.organs: scored[ORG[o], FI[f.name]] = 1
+def Y(keys):
+    y = torch.zeros(len(keys), len(FN))
+    for i, k in enumerate(keys):
+        if k != 'normal':
+            for n in k.split('+'):
+                if n in FI: y[i, FI[n]] = 1
+    return y
+xtr = tr.x; otr = torch.tensor(tr.organ); ytr = Y(tr.key)
+yte = Y(['+'.join((l or {}).get('findings', [])) or 'normal' for l in te.labels]); ote = torch.tensor(te.organ)
+big = shape[1] > 64
+class Net(nn.Module):
+    def __init__(s):
+        super().__init__()
+        s.stem = nn.Conv3d(1, 16, 3, stride=(1, 2, 2) if big else 1, padding=1)
+        c = [16, 32, 64, 96]
+        s.convs = nn.ModuleList([nn.Conv3d(c[i], c[i+1], 3, padding=1) for i in range(3)])
+        s.bns = nn.ModuleList([nn.BatchNorm3d(c[i]) for i in range(4)])
+        s.org = nn.Embedding(16, 192); s.head = nn.Linear(192, len(FN))
+    def forward(s, x, o):
+        x = F.gelu(s.bns[0](s.stem(x)))
+        for cv, bn in zip(s.convs, s.bns[1:]):
+            x = F.max_pool3d(x, (1, 2, 2) if x.shape[2] < 8 else 2); x = F.gelu(bn(cv(x)))
+        h = torch.cat([x.amax((2, 3, 4)), x.mean((2, 3, 4))], 1)
+        return s.head(h + s.org(o))
+arch = os.environ.get('ARCH', 'cnn')
+if arch.startswith('vit'):
+    from trainer.model.vit3d import OrganViT, config_for
+    class VNet(nn.Module):
+        def __init__(s):
+            super().__init__(); s.bb = OrganViT(config_for('tiny', input_shape=shape)); s.head = nn.Linear(128, len(FN))
+            if arch == 'vit_hmlp':
+                c = 32
+                s.bb.patch = nn.Sequential(nn.Conv3d(1, c, (1, 2, 2), (1, 2, 2)), nn.BatchNorm3d(c), nn.GELU(),
+                                           nn.Conv3d(c, c, 2, 2), nn.BatchNorm3d(c), nn.GELU(), nn.Conv3d(c, 128, 2, 2))
+        def forward(s, x, o):
+            return s.head(s.bb(x, o))
+    net = VNet()
+else:
+    net = Net()
+tag = tag + '_' + arch
+opt = torch.optim.AdamW(net.parameters(), 2e-3 if arch == 'cnn' else 1e-3, weight_decay=1e-4)
+rng = np.random.default_rng(0); t0 = time.time()
+for st in range(steps):
+    i = rng.choice(len(xtr), 32, replace=False)
+    x = torch.from_numpy(np.stack([xtr[j] for j in i]).astype(np.float32)); o = otr[i]
+    m = scored[o]
+    loss = (F.binary_cross_entropy_with_logits(net(x, o), ytr[i], reduction='none', pos_weight=torch.tensor(8.0)) * m).sum() / m.sum()
+    for g in opt.param_groups: g['lr'] = 2e-3 * 0.5 * (1 + np.cos(np.pi * st / steps))
+    opt.zero_grad(); loss.backward(); opt.step()
+    if st % 50 == 49: print(st + 1, round(loss.item(), 3), f'{time.time()-t0:.0f}s', flush=True)
+net.eval(); S = []
+with torch.no_grad():
+    for j in range(0, len(te), 32):
+        S.append(torch.sigmoid(net(torch.from_numpy(np.stack(te.x[j:j+32]).astype(np.float32)), ote[j:j+32])))
+S = torch.cat(S).numpy(); out = {}
+for f in ontology.CATEGORY_FINDINGS:
+    k = (ote.numpy() == ORG[f.organs[0]]); y = yte.numpy()[k, FI[f.name]]
+    out[f.name] = (round(M.auroc(y, S[k, FI[f.name]]), 3), int(y.sum()))
+print('PROBE', tag, 'macro', round(np.nanmean([v[0] for v in out.values()]), 3), out, f'{time.time()-t0:.0f}s', flush=True)
