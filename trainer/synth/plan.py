@@ -49,6 +49,7 @@ def sample_findings(rng: np.random.Generator, *, age: int, sex: str, normal_frac
 # enlargements first so later lesions land in the enlarged organ and stay inside their recorded boxes
 _FIRST = ("hepatomegaly", "splenomegaly", "cardiomegaly", "prostatomegaly", "pancreatic_atrophy", "aortic_aneurysm")
 _ORDER = {n: i for i, n in enumerate(PREVALENCE)}
+_PRIMARY_ORGAN = {f.name: f.organs[0] for f in CATEGORY_FINDINGS}
 
 
 def _insertion_order(chosen: list[str]) -> list[str]:
@@ -66,14 +67,13 @@ def _enriched(rng: np.random.Generator, *, sex: str, per_study: tuple[int, int])
     if not 1 <= lo <= hi:
         raise ValueError(f"findings per study must be 1 <= lo <= hi, got {per_study}")
     names = [f.name for f in CATEGORY_FINDINGS if sex == "male" or f.name != "prostatomegaly"]
-    primary = {f.name: f.organs[0] for f in CATEGORY_FINDINGS}
     k = int(rng.integers(lo, hi + 1))
     chosen: list[str] = []
     used: set[str] = set()
-    for n in rng.permutation(names):
-        if primary[str(n)] not in used:
-            chosen.append(str(n))
-            used.add(primary[str(n)])
+    for n in map(str, rng.permutation(names)):
+        if _PRIMARY_ORGAN[n] not in used:
+            chosen.append(n)
+            used.add(_PRIMARY_ORGAN[n])
         if len(chosen) == k:
             break
     return _insertion_order(chosen)
