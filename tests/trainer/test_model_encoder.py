@@ -129,3 +129,33 @@ def test_recipe_synth_passes_the_enriched_plan_per_group(tmp_path):
     for d in sorted((tmp_path / "flat").iterdir()):
         truth = json.loads((d / "truth.json").read_text())
         assert len(truth["findings"]) + len(truth["not_inserted"]) == 5
+
+
+HYBRID = ViTConfig(input_shape=(8, 32, 32), tubelet=(4, 8, 8), dim=32, depth=1, heads=2, embed_dim=16, stem="conv",
+                   pool="mean_max")
+
+
+def test_conv_stem_reaches_the_tubelet_grid_and_exports(tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    m = OrganEncoder(HYBRID).eval()
+    assert m.backbone.embed(torch.rand(2, 1, 8, 32, 32)).shape == (2, HYBRID.n_tokens, 32)
+    path = tmp_path / "hybrid.onnx"
+    torch.onnx.export(m, (torch.rand(2, 1, 8, 32, 32), torch.tensor([0, 3])), str(path), dynamo=True,
+                      opset_version=18, input_names=["crop", "organ_index"], output_names=["embedding"],
+                      dynamic_shapes={"crop": {0: torch.export.Dim("batch")},
+                                      "organ_index": {0: torch.export.Dim("batch")}})
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    x, idx = torch.rand(3, 1, 8, 32, 32), torch.tensor([1, 7, 15])
+    np.testing.assert_allclose(sess.run(["embedding"], {"crop": x.numpy(), "organ_index": idx.numpy()})[0],
+                               m(x, idx).detach().numpy(), atol=1e-4)
+    assert abs(analytic_flops_per_crop(HYBRID) - measured_flops_per_crop(HYBRID)) / measured_flops_per_crop(HYBRID) < 0.02
+
+
+def test_stem_and_pool_are_validated():
+    with pytest.raises(ValueError, match="powers of 2"):
+        ViTConfig(input_shape=(6, 24, 24), tubelet=(3, 8, 8), stem="conv")
+    with pytest.raises(ValueError, match="stem"):
+        ViTConfig(stem="resnet")
+    with pytest.raises(ValueError, match="pool"):
+        ViTConfig(pool="gem")
+    assert ViTConfig.from_dict({"input_shape": [16, 64, 64]}).stem == "linear"  # older checkpoints keep their stem

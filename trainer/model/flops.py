@@ -2,22 +2,35 @@
 matmul/conv/attention only (the same convention as ../shared/docs/anchors.md)."""
 from __future__ import annotations
 
+import math
+
 import torch
 
-from trainer.model.vit3d import OrganEncoder, ViTConfig
+from trainer.model.vit3d import ConvStem, OrganEncoder, ViTConfig
 
 ANCHORS_GFLOPS = {"Merlin (I3D ResNet-152)": 1329.0, "CT-CLIP (CT-ViT)": 967.0,
                   "16 crops ViT-S 32x128x128 (anchors)": 1013.0}
 DEMO_BUDGET_GFLOPS = 170.0
 
 
+def _conv_stem_flops(cfg: ViTConfig) -> float:
+    stem = ConvStem(cfg.tubelet, cfg.dim)
+    shape = list(cfg.input_shape)
+    flops = 0.0
+    for i, conv in enumerate(stem.convs):
+        if i:
+            shape = [n // p for n, p in zip(shape, stem.pools[i - 1])]
+        flops += 2 * math.prod(shape) * conv.in_channels * conv.out_channels * math.prod(conv.kernel_size)
+    return flops + 2 * cfg.n_tokens * stem.proj.in_channels * cfg.dim
+
+
 def analytic_flops_per_crop(cfg: ViTConfig) -> float:
     n = cfg.n_tokens + 1
     d = cfg.dim
     hidden = int(d * cfg.mlp_ratio)
-    patch = 2 * cfg.n_tokens * cfg.patch_voxels * d
+    patch = _conv_stem_flops(cfg) if cfg.stem == "conv" else 2 * cfg.n_tokens * cfg.patch_voxels * d
     per_block = 2 * n * d * 3 * d + 2 * n * n * d * 2 + 2 * n * d * d + 2 * n * d * hidden * 2
-    head = 2 * d * d + 2 * d * cfg.embed_dim
+    head = 2 * cfg.feature_dim * d + 2 * d * cfg.embed_dim
     return float(patch + cfg.depth * per_block + head)
 
 

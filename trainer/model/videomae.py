@@ -5,6 +5,8 @@ masked tokens.
 
 Tube masking note: the crop is already tokenised in tubelets along z; masking whole tubelets is VideoMAE's
 tube masking with tube length = tubelet depth (the temporal redundancy across slices inside one tubelet can not leak).
+With the hybrid conv stem (``ViTConfig.stem == "conv"``) the masked tubelets are blanked in the input before the stem,
+so no visible token sees masked pixels through its receptive field.
 """
 from __future__ import annotations
 
@@ -49,9 +51,17 @@ class VideoMAE(nn.Module):
 
     def forward(self, crop: torch.Tensor, organ_index: torch.Tensor, generator=None):
         bb = self.encoder.backbone
-        tokens = bb.embed(crop)  # [B,N,D]
-        b, n, d = tokens.shape
+        b, n = crop.shape[0], self.cfg.n_tokens
         keep, masked = tube_mask(b, n, self.mask_ratio, generator=generator, device=crop.device)
+        inp = crop
+        if self.cfg.stem == "conv":
+            # overlapping convolutions would carry a masked tubelet's pixels into its visible neighbours' tokens:
+            # blank the masked tubelets in the input first (SparK-style masked input for a conv stem)
+            visible = torch.zeros(b, n, device=crop.device).scatter(1, keep, 1.0)
+            inp = crop * F.interpolate(visible.view(b, 1, *self.cfg.grid), scale_factor=self.cfg.tubelet,
+                                       mode="nearest")
+        tokens = bb.embed(inp)  # [B,N,D]
+        d = tokens.shape[-1]
         vis = torch.gather(tokens, 1, keep.unsqueeze(-1).expand(-1, -1, d))
         enc = bb.encode_tokens(vis, organ_index)[:, 1:]  # drop CLS
         e = self.enc2dec(enc)

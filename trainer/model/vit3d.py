@@ -38,6 +38,14 @@ class ViTConfig:
     n_organs: int = N_ORGANS_DEFAULT
     organ_embedding: bool = True  # False: plain shared backbone (ablation)
     dropout: float = 0.0
+    # "linear": one strided Conv3d per tubelet (plain ViT). "conv": a hybrid stem (ViT paper, section 3.1) of 3x3x3
+    # conv + BatchNorm + GELU stages with max-pooling down to the tubelet grid (tubelet sides must be powers of 2).
+    # Why: in a CPU-minutes budget the linear-stem tiny ViT learned nothing from pixels, even with a supervised
+    # loss, while a small BatchNorm CNN learned the size and density findings (docs/results/model.md, sessions 4-5).
+    stem: str = "linear"
+    # "cls": the CLS token is the feature. "mean_max": mean and max over the patch tokens, concatenated (the max keeps a
+    # small lesion that covers a few tokens from being averaged away).
+    pool: str = "cls"
 
     def __post_init__(self):
         self.input_shape = tuple(int(v) for v in self.input_shape)
@@ -47,6 +55,12 @@ class ViTConfig:
                 raise ValueError(f"input_shape {self.input_shape} is not divisible by tubelet {self.tubelet}")
         if self.dim % self.heads:
             raise ValueError(f"dim {self.dim} is not divisible by heads {self.heads}")
+        if self.stem not in ("linear", "conv"):
+            raise ValueError(f"stem must be 'linear' or 'conv', got {self.stem!r}")
+        if self.pool not in ("cls", "mean_max"):
+            raise ValueError(f"pool must be 'cls' or 'mean_max', got {self.pool!r}")
+        if self.stem == "conv" and any(t & (t - 1) for t in self.tubelet):
+            raise ValueError(f"the conv stem pools by 2: tubelet sides must be powers of 2, got {self.tubelet}")
 
     @property
     def grid(self) -> tuple[int, int, int]:
@@ -60,6 +74,11 @@ class ViTConfig:
     @property
     def patch_voxels(self) -> int:
         return self.tubelet[0] * self.tubelet[1] * self.tubelet[2]
+
+    @property
+    def feature_dim(self) -> int:
+        """Width of the backbone feature the projection head reads."""
+        return 2 * self.dim if self.pool == "mean_max" else self.dim
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -114,13 +133,37 @@ class Block(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 
+class ConvStem(nn.Module):
+    """[B,1,d,h,w] -> [B, dim, grid]: a 3x3x3 conv stage at full resolution, then one stage per factor of 2 of the
+    largest tubelet side, max-pooling by 2 along each axis whose tubelet side is not yet reached, then a 1x1x1
+    projection to ``dim``. Widths 16, 32, 64, 96, ... (capped at ``dim``)."""
+
+    def __init__(self, tubelet: tuple[int, int, int], dim: int):
+        super().__init__()
+        steps = [int(math.log2(t)) for t in tubelet]
+        n_stages = max(steps)
+        widths = [min(16 * (2 ** i) if i < 3 else 96 + 32 * (i - 3), dim) for i in range(n_stages + 1)]
+        self.pools = [tuple(2 if i < s else 1 for s in steps) for i in range(n_stages)]
+        self.convs = nn.ModuleList([nn.Conv3d(1, widths[0], 3, padding=1)]
+                                   + [nn.Conv3d(widths[i], widths[i + 1], 3, padding=1) for i in range(n_stages)])
+        self.norms = nn.ModuleList(nn.BatchNorm3d(w) for w in widths)
+        self.proj = nn.Conv3d(widths[-1], dim, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.gelu(self.norms[0](self.convs[0](x)))
+        for pool, conv, norm in zip(self.pools, self.convs[1:], self.norms[1:]):
+            x = F.gelu(norm(conv(F.max_pool3d(x, pool))))
+        return self.proj(x)
+
+
 class OrganViT(nn.Module):
     """Backbone: ``features(crop, organ_index) -> [B, dim]``; ``tokens(...)`` for the MAE (visible subset)."""
 
     def __init__(self, cfg: ViTConfig):
         super().__init__()
         self.cfg = cfg
-        self.patch = nn.Conv3d(1, cfg.dim, kernel_size=cfg.tubelet, stride=cfg.tubelet)
+        self.patch = (ConvStem(cfg.tubelet, cfg.dim) if cfg.stem == "conv"
+                      else nn.Conv3d(1, cfg.dim, kernel_size=cfg.tubelet, stride=cfg.tubelet))
         self.pos = nn.Parameter(torch.zeros(1, cfg.n_tokens, cfg.dim))
         self.cls = nn.Parameter(torch.zeros(1, 1, cfg.dim))
         self.organ = nn.Embedding(cfg.n_organs, cfg.dim)
@@ -162,7 +205,10 @@ class OrganViT(nn.Module):
         return self.norm(x)
 
     def forward(self, crop: torch.Tensor, organ_index: torch.Tensor) -> torch.Tensor:
-        return self.encode_tokens(self.embed(crop), organ_index)[:, 0]
+        x = self.encode_tokens(self.embed(crop), organ_index)
+        if self.cfg.pool == "mean_max":
+            return torch.cat([x[:, 1:].mean(1), x[:, 1:].amax(1)], dim=-1)
+        return x[:, 0]
 
 
 class OrganEncoder(nn.Module):
@@ -172,7 +218,7 @@ class OrganEncoder(nn.Module):
         super().__init__()
         self.cfg = cfg
         self.backbone = OrganViT(cfg)
-        self.head = nn.Sequential(nn.Linear(cfg.dim, cfg.dim), nn.GELU(), nn.Linear(cfg.dim, cfg.embed_dim))
+        self.head = nn.Sequential(nn.Linear(cfg.feature_dim, cfg.dim), nn.GELU(), nn.Linear(cfg.dim, cfg.embed_dim))
 
     def forward(self, crop: torch.Tensor, organ_index: torch.Tensor) -> torch.Tensor:
         z = self.head(self.backbone(crop, organ_index))
