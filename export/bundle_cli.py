@@ -89,6 +89,7 @@ def export_from_checkpoints(seg_ckpt: str | Path | None, encoder_ckpt: str | Pat
         "model_config": meta.get("model_config"),
         "metrics": {"encoder": meta.get("metrics", {}), "segmentation": seg_meta.get("metrics", {})},
         "segmentation_checkpoint": seg_meta.get("checkpoint"),
+        "anchor": meta.get("anchor"),  # which findings are prompt-supervised (not zero-shot), for `train eval`
     })
     enc_meta = {"input_shape": shape,
                 "preprocessing": {"encoder_input": "appliance.preprocess.encoder_input",

@@ -26,7 +26,7 @@ def test_train_and_evaluate_end_to_end(tmp_path):
     rc = baseline.main(["--synth-train", "3", "--synth-val", "2", "--synth-test", "2", "--max-steps", "2",
                         "--batch-size", "3", "--grid", "16", "32", "32", "--dim", "32", "--depth", "1",
                         "--heads", "2", "--embed-dim", "32", "--out", str(out), "--bootstrap", "10",
-                        "--threads", "1"])
+                        "--threads", "1", "--stem", "conv", "--pool", "mean_max", "--anchor-weight", "1"])
     assert rc == 0
     s = json.loads((out / "baseline_summary.json").read_text())["baseline"]
     assert s["steps"] == 2 and s["samples_seen"] == 6 and s["gflops_per_study"] > 0
@@ -38,3 +38,7 @@ def test_train_and_evaluate_end_to_end(tmp_path):
     assert "not a diagnosis" in (out / "baseline_eval.md").read_text()
     ck = torch.load(out / "baseline.pt", weights_only=False)
     assert ck["format"] == "totalfm-baseline-ckpt" and ck["grid"] == [16, 32, 32]
+    # the baseline follows the organ model's encoder family and objective, and says which findings are not zero-shot
+    assert ck["model_config"]["stem"] == "conv" and ck["model_config"]["pool"] == "mean_max"
+    assert ck["anchor"]["weight"] == 1.0 and ck["anchor"]["prompt_supervised"]
+    assert {k for k, v in ev["findings"].items() if v["prompt_supervised"]} == set(ck["anchor"]["prompt_supervised"])

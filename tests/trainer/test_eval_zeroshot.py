@@ -92,3 +92,17 @@ def test_uninformative_validation_scores_never_call_a_finding_positive():
     thr, vf1, src = calibrate(y, good)
     assert src == "val_max_f1" and 0.1 < thr <= 0.91 and vf1 == 1.0 and M.auroc(y, good) >= MIN_VAL_AUROC
     assert calibrate(np.zeros(10, bool), good)[2] == "default"  # no validation positives: 0.5, flagged
+
+
+def test_prompt_supervised_findings_are_flagged_and_kept_out_of_the_zero_shot_macro(tmp_path):
+    specs, prompts = finding_specs(_text_space)
+    val, test = _split(40, 1, specs, prompts), _split(40, 2, specs, prompts)
+    res = evaluate(val, test, specs, prompts, logit_scale=20.0, n_boot=20, prompt_supervised=["hepatic_steatosis"])
+    f, m = res["findings"], res["macro"]
+    assert f["hepatic_steatosis"]["prompt_supervised"] and not f["splenomegaly"]["prompt_supervised"]
+    assert m["prompt_supervised_auroc_n"] == 1 and m["zero_shot_auroc_n"] == m["finding_auroc_n"] - 1
+    assert np.isclose(m["prompt_supervised_auroc"], f["hepatic_steatosis"]["auroc"])
+    md = write_outputs(res, tmp_path, plots=False)["markdown"].read_text()
+    assert "| hepatic_steatosis * |" in md and "| splenomegaly |" in md and "zero-shot findings only" in md
+    plain = evaluate(val, test, specs, prompts, logit_scale=20.0, n_boot=20)
+    assert "zero_shot_auroc" not in plain["macro"]  # nothing anchored: every figure is zero-shot, no split shown

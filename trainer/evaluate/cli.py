@@ -50,6 +50,11 @@ def torch_encoders(checkpoint: str | Path):
     return encode_crops, embed_texts, float(scale), meta
 
 
+def prompt_supervised_findings(meta: dict) -> list[str]:
+    """Findings the model's contrastive stage was anchored on (checkpoint ``anchor``, bundle manifest ``anchor``)."""
+    return list((meta.get("anchor") or {}).get("prompt_supervised", []))
+
+
 def bundle_encoders(bundle_path: str | Path, threads: int = 2):
     """The same interface as torch_encoders, but from an exported bundle, run the way the appliance runs it: the
     organ encoder through appliance.backends (ONNX Runtime), the prompts from the bundle's stored embeddings. Used to
@@ -79,7 +84,7 @@ def bundle_encoders(bundle_path: str | Path, threads: int = 2):
         return table[[index[t] for t in texts]]
 
     meta = {"model_config": {"input_shape": spec.preprocessing["input_shape"], "embed_dim": int(table.shape[1])},
-            "bundle_id": b.bundle_id}
+            "bundle_id": b.bundle_id, "anchor": b.provenance.get("anchor")}
     return encode_crops, embed_texts, float(b.logit_scale), meta
 
 
@@ -137,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     val, test, src = load_splits(args, cfg["input_shape"], encode, int(cfg["embed_dim"]))
     specs, prompts = finding_specs(embed_texts)
     res = evaluate(val, test, specs, prompts, scale, n_boot=args.bootstrap, seed=args.seed,
-                   organ_rule=args.organ_rule)
+                   organ_rule=args.organ_rule, prompt_supervised=prompt_supervised_findings(meta))
     extra = {"checkpoint": str(args.checkpoint or ""), "bundle": str(args.bundle or ""), "data": src, "eval_seconds": round(time.time() - t0, 1),
              "model_config": cfg}
     paths = write_outputs(res, args.out, extra=extra, plots=not args.no_plots)

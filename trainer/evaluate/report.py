@@ -50,6 +50,10 @@ def markdown(res: dict, title: str = "Zero-shot evaluation") -> str:
              f"- **Finding-wise macro AUROC: {_num(m['finding_auroc'])}** over {m['finding_auroc_n']} findings "
              f"(catalogue only: {_num(m['catalogue_auroc'])} over {m['catalogue_auroc_n']})",
              f"- AUROC n/a (no test positives or negatives): {', '.join(m['findings_na']) or 'none'}", "",
+             *([f"- Prompt-supervised findings (marked *; their prompts were trained against, so not zero-shot): "
+                f"macro AUROC {_num(m['prompt_supervised_auroc'])} over {m['prompt_supervised_auroc_n']}; "
+                f"**zero-shot findings only: {_num(m['zero_shot_auroc'])}** over {m['zero_shot_auroc_n']}", ""]
+               if "zero_shot_auroc" in m else []),
              "## Organ-wise lesion classification (organ abnormal or not)", "",
              "| organ | F1 [95% CI] | AUROC | threshold (val) | test pos / n | other rule F1 |",
              "| --- | --- | --- | --- | --- | --- |"]
@@ -61,7 +65,8 @@ def markdown(res: dict, title: str = "Zero-shot evaluation") -> str:
               "| finding | organs | AUROC [95% CI] | F1 @ val threshold | threshold | test pos / n | val pos |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
     for name, r in res["findings"].items():
-        lines.append(f"| {name} | {'/'.join(r['organs'])} | {_num(r['auroc'])}{_ci(r['auroc_ci'])} | "
+        mark = " *" if r.get("prompt_supervised") else ""
+        lines.append(f"| {name}{mark} | {'/'.join(r['organs'])} | {_num(r['auroc'])}{_ci(r['auroc_ci'])} | "
                      f"{_num(r['f1'])} | {_threshold(r)} | {r['n_pos']} / {r['n']} | {r['n_val_pos']} |")
     return "\n".join(lines) + "\n"
 

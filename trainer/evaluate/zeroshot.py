@@ -133,8 +133,13 @@ def _fmt_ci(ci: dict) -> list:
 
 
 def evaluate(val: SplitData, test: SplitData, findings: Sequence[FindingSpec], prompt_embeddings: np.ndarray,
-             logit_scale: float, *, n_boot: int = 1000, seed: int = 0, organ_rule: str = "any") -> dict:
-    """Thresholds on ``val``, metrics on ``test``. Returns a JSON-able dict (+ "_roc" curves for plotting)."""
+             logit_scale: float, *, n_boot: int = 1000, seed: int = 0, organ_rule: str = "any",
+             prompt_supervised: Sequence[str] = ()) -> dict:
+    """Thresholds on ``val``, metrics on ``test``. Returns a JSON-able dict (+ "_roc" curves for plotting).
+
+    ``prompt_supervised``: findings whose prompts the model was trained against (the contrastive ``PromptAnchor``);
+    they are flagged per finding and kept out of the zero-shot macro."""
+    supervised = set(prompt_supervised)
     specs = list(findings)
     s_val = score_matrix(val.embeddings, specs, prompt_embeddings, logit_scale) if len(val) else \
         np.full((0, len(specs)), np.nan)
@@ -157,6 +162,7 @@ def evaluate(val: SplitData, test: SplitData, findings: Sequence[FindingSpec], p
         conf = M.confusion(yt, st, thr)
         res["findings"][f.name] = {
             "organ": f.organ, "organs": list(f.organs or [f.organ]), "catalogue": f.name in catalogue,
+            "prompt_supervised": f.name in supervised,
             "auroc": auc, "auroc_ci": _fmt_ci(ci), "n_pos": n_pos, "n": n, "n_val_pos": int(y_val[:, j].sum()),
             "threshold": thr, "threshold_source": src, "val_f1": vf1, "f1": M.f1_from(conf), "confusion": conf}
         res["thresholds"][f.name] = thr
@@ -202,6 +208,12 @@ def evaluate(val: SplitData, test: SplitData, findings: Sequence[FindingSpec], p
         "catalogue_auroc_n": int(sum(np.isfinite(v["auroc"]) for v in res["findings"].values() if v["catalogue"])),
         "findings_na": sorted(k for k, v in res["findings"].items() if not np.isfinite(v["auroc"])),
     }
+    if supervised:  # the honest zero-shot figure: only findings whose prompts were never trained against
+        zs = [v["auroc"] for v in res["findings"].values() if not v["prompt_supervised"]]
+        ps = [v["auroc"] for v in res["findings"].values() if v["prompt_supervised"]]
+        res["macro"] |= {"zero_shot_auroc": M.macro(zs), "zero_shot_auroc_n": int(sum(np.isfinite(a) for a in zs)),
+                         "prompt_supervised_auroc": M.macro(ps),
+                         "prompt_supervised_auroc_n": int(sum(np.isfinite(a) for a in ps))}
     return res
 
 

@@ -111,16 +111,22 @@ def studies_from_synth(n: int, seed: int, grid, phrasing: str = "train") -> list
 
 
 # ------------------------------------------------------------------------------------------------ model
-def build(grid, dim: int, depth: int, heads: int, embed_dim: int, temperature: float = 0.07):
-    from trainer.model.contrastive import CLIPModel
+def build(grid, dim: int, depth: int, heads: int, embed_dim: int, temperature: float = 0.07, *,
+          stem: str = "linear", pool: str = "cls", anchor_weight: float = 0.0, anchor_holdout_every: int = 3):
+    """The baseline's encoder family and objective follow the organ model's (stem, pooling, prompt anchor), so the
+    comparison isolates organ separation."""
+    from trainer.model.contrastive import CLIPModel, PromptAnchor
     from trainer.model.text_tower import TextTower
     from trainer.model.vit3d import OrganEncoder, ViTConfig
 
     cfg = ViTConfig(input_shape=tuple(grid), tubelet=(4, 8, 8), dim=dim, depth=depth, heads=heads,
-                    embed_dim=embed_dim, n_organs=1, organ_embedding=False)
+                    embed_dim=embed_dim, n_organs=1, organ_embedding=False, stem=stem, pool=pool)
     image = OrganEncoder(cfg)
     text = TextTower(embed_dim=embed_dim, freeze_layers=-1)  # BERT frozen, projection trains (organ model default)
-    return CLIPModel(image, text, temperature=temperature, frozen_text_base=True), cfg
+    model = CLIPModel(image, text, temperature=temperature, frozen_text_base=True)
+    if anchor_weight > 0:
+        model.anchor = PromptAnchor(anchor_weight, anchor_holdout_every)
+    return model, cfg
 
 
 def encoder_gflops(image, cfg) -> float:
@@ -158,6 +164,11 @@ def train(model, studies: list[Study], *, time_budget: float, batch_size: int, l
         img = model.image(x, torch.zeros(len(batch), dtype=torch.long))
         txt = model.encode_text([p[0] for p in pairs], x.device)
         loss, scale = multi_positive_infonce(img, txt, [p[1] for p in pairs], model.logit_scale)
+        if model.anchor is not None:  # the one embedding answers for every finding of the study
+            keys = ["+".join(sorted({k for _, k in s.sentences if not k.startswith("normal:")})) or "normal"
+                    for s in batch]
+            every = torch.ones(len(batch), len(model.anchor.findings))
+            loss = loss + model.anchor.weight * model.anchor(model, img, None, keys, mask=every)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -227,6 +238,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--depth", type=int, default=4)
     p.add_argument("--heads", type=int, default=4)
     p.add_argument("--embed-dim", type=int, default=None, help="default: the organ checkpoint's, else 128")
+    p.add_argument("--stem", choices=["linear", "conv"], help="default: the organ checkpoint's, else linear")
+    p.add_argument("--pool", choices=["cls", "mean_max"], help="default: the organ checkpoint's, else cls")
+    p.add_argument("--anchor-weight", type=float,
+                   help="prompt-supervised anchor weight; default: the organ checkpoint's, else 0 (off)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--seed", type=int, default=0)
@@ -271,17 +286,25 @@ def main(argv: list[str] | None = None) -> int:
     n_by = {s: sum(st.split == s for st in studies) for s in ("train", "val", "test")}
     print(f"baseline: {n_by} studies loaded in {time.time() - t0:.0f}s ({src})", file=sys.stderr)
 
-    model, cfg = build(args.grid, args.dim, args.depth, args.heads, embed_dim)
+    ocfg0 = (organ_ckpt_meta or {}).get("model_config") or {}
+    oanchor = (organ_ckpt_meta or {}).get("anchor") or {}
+    anchor_weight = args.anchor_weight if args.anchor_weight is not None else float(oanchor.get("weight", 0.0))
+    model, cfg = build(args.grid, args.dim, args.depth, args.heads, embed_dim, stem=args.stem or
+                       ocfg0.get("stem", "linear"), pool=args.pool or ocfg0.get("pool", "cls"),
+                       anchor_weight=anchor_weight)
     gflops = encoder_gflops(model.image, cfg)
     tr = train(model, [s for s in studies if s.split == "train"], time_budget=float(budget or 1e9),
                batch_size=args.batch_size, lr=args.lr, seed=args.seed, out_dir=out, max_steps=args.max_steps)
     torch.save({"format": "totalfm-baseline-ckpt", "model_config": cfg.to_dict(), "image": model.image.state_dict(),
                 "text": model.text.checkpoint_entry(), "logit_scale": float(model.logit_scale.detach().exp()),
-                "grid": list(args.grid), "hu_window": list(HU_WINDOW), "data": src}, out / "baseline.pt")
+                "grid": list(args.grid), "hu_window": list(HU_WINDOW), "data": src,
+                "anchor": model.anchor.meta() if model.anchor is not None else None}, out / "baseline.pt")
     scale = float(model.logit_scale.detach().clamp(max=math.log(100.0)).exp())
     specs, prompts = finding_specs(embed_texts_fn(model))
     val, test = split_data(model, studies, "val", embed_dim), split_data(model, studies, "test", embed_dim)
-    base_res = evaluate(val, test, specs, prompts, scale, n_boot=args.bootstrap, seed=args.seed)
+    anchored = model.anchor.names if model.anchor is not None else []
+    base_res = evaluate(val, test, specs, prompts, scale, n_boot=args.bootstrap, seed=args.seed,
+                        prompt_supervised=anchored)
     base_info = {"gflops_per_study": gflops, "train_seconds": tr["train_seconds"],
                  "train_gflops": 3 * gflops * tr["samples_seen"],
                  "params_m": sum(p.numel() for p in model.image.parameters()) / 1e6,
@@ -292,7 +315,7 @@ def main(argv: list[str] | None = None) -> int:
                             "finding_macro_auroc": base_res["macro"]["finding_auroc"], **base_info}}
 
     if args.organ_checkpoint:
-        from trainer.evaluate.cli import torch_encoders
+        from trainer.evaluate.cli import prompt_supervised_findings, torch_encoders
         from trainer.evaluate.zeroshot import split_from_bank
         from trainer.model import data
         from trainer.model.flops import flops_per_study
@@ -309,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         ospecs, oprompts = finding_specs(embed_texts)
         ores = evaluate(split_from_bank(bank, "val", encode, ocfg["embed_dim"]),
                         split_from_bank(bank, "test", encode, ocfg["embed_dim"]), ospecs, oprompts, oscale,
-                        n_boot=args.bootstrap, seed=args.seed)
+                        n_boot=args.bootstrap, seed=args.seed, prompt_supervised=prompt_supervised_findings(meta))
         from trainer.model.vit3d import ViTConfig
 
         fl = flops_per_study(ViTConfig.from_dict(ocfg))

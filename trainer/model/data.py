@@ -131,11 +131,19 @@ def from_synth(n: int, seed: int, input_shape, kind: str = "analytic", phrasing:
 
 
 def organ_batches(bank: CropBank, batch_size: int, seed: int = 0, require_text: bool = False,
-                  abnormal_fraction: float = 0.0) -> list[list[int]]:
+                  abnormal_fraction: float = 0.0, organs_per_batch: int = 1) -> list[list[int]]:
     """Batches of ONE organ each (different studies), so an organ's negatives are same-organ crops of other studies.
     ``abnormal_fraction`` > 0: each batch holds up to that share of crops whose REPORT calls the organ abnormal
     (cycled, so rare findings are seen every epoch); without it most same-organ batches are all-normal and carry no
-    contrastive signal. Organs with too few crops are pooled into mixed batches rather than dropped."""
+    contrastive signal. Organs with too few crops are pooled into mixed batches rather than dropped.
+
+    ``organs_per_batch`` k > 1: each batch is k single-organ groups of ``batch_size // k`` crops, of k different
+    organs. The contrastive loss still compares crops only within their organ group (``multi_positive_infonce``
+    ``groups``); the mix is for BatchNorm in the encoder stem, whose batch statistics would otherwise be one organ's
+    in training and every organ's at inference."""
+    if organs_per_batch > 1:
+        groups = organ_batches(bank, max(2, batch_size // organs_per_batch), seed, require_text, abnormal_fraction)
+        return _merge_organ_groups(bank, groups, organs_per_batch)
     rng = random.Random(seed)
     by_organ: dict[int, list[int]] = defaultdict(list)
     for i in range(len(bank)):
@@ -168,6 +176,24 @@ def organ_batches(bank: CropBank, batch_size: int, seed: int = 0, require_text: 
                 len(leftovers[j:j + batch_size]) >= 2]
     rng.shuffle(batches)
     return batches
+
+
+def _merge_organ_groups(bank: CropBank, groups: list[list[int]], k: int) -> list[list[int]]:
+    """Concatenate up to ``k`` single-organ groups of different organs per batch, in the (shuffled) group order."""
+    pending, merged = list(groups), []
+    while pending:
+        batch = [pending.pop(0)]
+        organs = {bank.organ[batch[0][0]]}
+        j = 0
+        while len(batch) < k and j < len(pending):
+            organ = bank.organ[pending[j][0]]
+            if organ in organs:
+                j += 1
+                continue
+            organs.add(organ)
+            batch.append(pending.pop(j))
+        merged.append([i for g in batch for i in g])
+    return merged
 
 
 class BankDataset(Dataset):
