@@ -1,7 +1,12 @@
 """Session-4 diagnostic (docs/results/model.md, #5): a supervised multi-label probe - which findings can an image
 model learn from the crops at a given encoder grid in N steps? Not product code and not tested. Example:
 
-    ARCH=cnn|vit|vit_hmlp python bench/experiments/supervised_probe.py 16,64,64 300 var/demo2/pairs var/probe3000/pairs var/probe_cache
+    ARCH=cnn|vit|vit_hmlp|vit_conv|vit_int|hybrid python bench/experiments/supervised_probe.py 16,64,64 300 \
+        var/demo2/pairs var/probe3000/pairs var/probe_cache
+
+Environment: LR (default 2e-3), WU (warm-up steps, default 0), POOL=mean (ViT: mean of the patch tokens instead of
+CLS), THREADS (default 1), K (vit_int channels, default 16). Session 5's rows: vit LR=5e-4 WU=30 POOL=mean; vit_conv
+and hybrid LR=1e-3 WU=30 (vit_conv POOL=mean); vit_int LR=5e-4 WU=30 POOL=mean; all THREADS=2.
 
 TRAIN_PAIRS: its train split (report-derived labels); PROBE_PAIRS: its test split (truth labels), e.g. 96 enriched
 studies from `totalfm synth --seed 3000 --findings-per-study 3,6 --phrasing heldout` + `totalfm train build-pairs`.
@@ -11,7 +16,7 @@ sys.path.insert(0, str(__import__('pathlib').Path(__file__).resolve().parents[2]
 from appliance import ontology
 from trainer.model import data as D
 from trainer.evaluate import metrics as M
-shape = tuple(int(v) for v in sys.argv[1].split(',')); steps = int(sys.argv[2]); torch.set_num_threads(1); torch.manual_seed(0)
+shape = tuple(int(v) for v in sys.argv[1].split(',')); steps = int(sys.argv[2]); torch.set_num_threads(int(os.environ.get('THREADS','1'))); torch.manual_seed(0)
 tag = 'x'.join(map(str, shape))
 def bank(path, split, cache, labels):
     if os.path.exists(cache): return pickle.load(open(cache, 'rb'))
@@ -51,18 +56,44 @@ class Net(nn.Module):
         h = torch.cat([x.amax((2, 3, 4)), x.mean((2, 3, 4))], 1)
         return s.head(h + s.org(o))
 arch = os.environ.get('ARCH', 'cnn')
+class Hybrid(nn.Module):
+    def __init__(s):
+        super().__init__()
+        from trainer.model.vit3d import Block
+        s.cnn = Net(); s.proj = nn.Linear(96, 128); s.pos = nn.Parameter(torch.randn(1, 256, 128) * 0.02)
+        s.org = nn.Embedding(16, 128); s.blocks = nn.ModuleList(Block(128, 4) for _ in range(2)); s.norm = nn.LayerNorm(128)
+        s.head = nn.Linear(256, len(FN))
+    def forward(s, x, o):
+        c = s.cnn
+        x = F.gelu(c.bns[0](c.stem(x)))
+        for cv, bn in zip(c.convs, c.bns[1:]):
+            x = F.max_pool3d(x, (1, 2, 2) if x.shape[2] < 8 else 2); x = F.gelu(bn(cv(x)))
+        t = s.proj(x.flatten(2).transpose(1, 2)) + s.pos + s.org(o)[:, None]
+        for b in s.blocks: t = b(t)
+        t = s.norm(t)
+        return s.head(torch.cat([t.mean(1), t.amax(1)], 1))
 if arch.startswith('vit'):
     from trainer.model.vit3d import OrganViT, config_for
     class VNet(nn.Module):
         def __init__(s):
             super().__init__(); s.bb = OrganViT(config_for('tiny', input_shape=shape)); s.head = nn.Linear(128, len(FN))
+            if arch == 'vit_conv':
+                def cb(i, o, st): return [nn.Conv3d(i, o, 3, st, 1), nn.GroupNorm(8, o), nn.GELU()]
+                s.bb.patch = nn.Sequential(*cb(1, 16, (1, 2, 2)), *cb(16, 32, 2), *cb(32, 64, 2), nn.Conv3d(64, 128, 1))
+            if arch == 'vit_int':
+                K = int(os.environ.get('K', '16'))
+                s.bb.patch = nn.Sequential(nn.Conv3d(1, K, 1), nn.GELU(), nn.Conv3d(K, 128, (4, 8, 8), (4, 8, 8)))
             if arch == 'vit_hmlp':
                 c = 32
                 s.bb.patch = nn.Sequential(nn.Conv3d(1, c, (1, 2, 2), (1, 2, 2)), nn.BatchNorm3d(c), nn.GELU(),
                                            nn.Conv3d(c, c, 2, 2), nn.BatchNorm3d(c), nn.GELU(), nn.Conv3d(c, 128, 2, 2))
         def forward(s, x, o):
+            if os.environ.get('POOL') == 'mean':
+                return s.head(s.bb.encode_tokens(s.bb.embed(x), o)[:, 1:].mean(1))
             return s.head(s.bb(x, o))
     net = VNet()
+elif arch == 'hybrid':
+    net = Hybrid()
 else:
     net = Net()
 tag = tag + '_' + arch
@@ -73,7 +104,8 @@ for st in range(steps):
     x = torch.from_numpy(np.stack([xtr[j] for j in i]).astype(np.float32)); o = otr[i]
     m = scored[o]
     loss = (F.binary_cross_entropy_with_logits(net(x, o), ytr[i], reduction='none', pos_weight=torch.tensor(8.0)) * m).sum() / m.sum()
-    for g in opt.param_groups: g['lr'] = 2e-3 * 0.5 * (1 + np.cos(np.pi * st / steps))
+    LR = float(os.environ.get('LR', '2e-3')); WU = int(os.environ.get('WU', '0'))
+    for g in opt.param_groups: g['lr'] = LR * min(1.0, (st + 1) / max(1, WU)) * 0.5 * (1 + np.cos(np.pi * st / steps))
     opt.zero_grad(); loss.backward(); opt.step()
     if st % 50 == 49: print(st + 1, round(loss.item(), 3), f'{time.time()-t0:.0f}s', flush=True)
 net.eval(); S = []
