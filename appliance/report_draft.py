@@ -184,7 +184,29 @@ def check_draft(structured: dict, positive: set[tuple[str, str]], analysed_organ
             if not owners & pos_names:
                 v.append(f"free text asserts {term!r} ({'/'.join(sorted(owners))}) but the scorer did not report it "
                          f"positive")
+    v += _contradictions(structured, positive)
     return GuardResult(not v, v)
+
+
+_CALLS_NORMAL = re.compile(r"\b(normal|unremarkable|no (acute )?abnormalit)")
+
+
+def _contradictions(structured: dict, positive: set[tuple[str, str]]) -> list[str]:
+    """The other way round: a draft that calls normal what the scorer reported positive (seen with SmolLM2-135M:
+    "Other organs: Spine: any abnormality" under normal organs and "Impression: Normal organs" beside an osteopenia
+    score above threshold). A radiologist must not get a draft that contradicts its own scored list."""
+    v = []
+    normal_text = str(structured.get("normal_organs", "")).lower()
+    for organ in sorted({o for o, _ in positive}):
+        display = ontology.organ(organ).display.lower()
+        if re.search(rf"\b{re.escape(display)}\b", normal_text) or organ in normal_text:
+            v.append(f"normal_organs names the {display}, which has a finding scored positive")
+    impression = str(structured.get("impression", "")).lower()
+    pos_names = {f for _, f in positive}
+    if positive and _CALLS_NORMAL.search(impression) and \
+            not any(owners & pos_names for _, owners in positive_mentions(impression)):
+        v.append("the impression calls the study normal and names none of the findings scored positive")
+    return v
 
 
 # ------------------------------------------------------------------------------------------------ drafts

@@ -126,3 +126,19 @@ def test_real_local_llm_draft_is_valid_or_falls_back():
     if d.model_ids["draft_source"] == "llm":
         assert check_draft(d.structured, {("liver", "hepatic_steatosis")}, {"liver", "gallbladder", "spleen"}).ok
     del llm_mod
+
+
+def test_a_draft_that_calls_normal_what_was_scored_positive_is_rejected():
+    # the shape of a real SmolLM2-135M draft from the quick start: the positive organ listed as normal, and a
+    # "normal" impression beside an above-threshold score
+    out = {"findings": [{"organ": "liver", "finding": "hepatic_steatosis", "statement": "Steatosis."}],
+           "normal_organs": "Liver: any abnormality, spleen", "impression": "Normal organs"}
+    d = draft_report(FINDINGS, ORGANS, llm=ScriptedLLM(out))
+    assert d.model_ids["draft_source"] == "template"
+    assert d.model_ids["rejected"] == ["normal_organs names the liver, which has a finding scored positive",
+                                       "the impression calls the study normal and names none of the findings "
+                                       "scored positive"]
+    # an impression that names the positive finding may call the rest normal
+    ok = {"findings": [{"organ": "liver", "finding": "hepatic_steatosis", "statement": "Steatosis."}],
+          "normal_organs": "gallbladder, spleen", "impression": "Hepatic steatosis; the other organs are normal."}
+    assert check_draft(ok, {("liver", "hepatic_steatosis")}, {"liver", "gallbladder", "spleen"}).ok
