@@ -291,7 +291,7 @@ def main(argv: list[str] | None = None) -> int:
     anchor_weight = args.anchor_weight if args.anchor_weight is not None else float(oanchor.get("weight", 0.0))
     model, cfg = build(args.grid, args.dim, args.depth, args.heads, embed_dim, stem=args.stem or
                        ocfg0.get("stem", "linear"), pool=args.pool or ocfg0.get("pool", "cls"),
-                       anchor_weight=anchor_weight)
+                       anchor_weight=anchor_weight, anchor_holdout_every=int(oanchor.get("holdout_every", 3)))
     gflops = encoder_gflops(model.image, cfg)
     tr = train(model, [s for s in studies if s.split == "train"], time_budget=float(budget or 1e9),
                batch_size=args.batch_size, lr=args.lr, seed=args.seed, out_dir=out, max_steps=args.max_steps)

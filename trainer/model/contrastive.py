@@ -114,7 +114,7 @@ class PromptAnchor(nn.Module):
         from appliance import ontology
         if holdout_every < 2:
             raise ValueError("anchor_holdout_every must be >= 2 (otherwise no catalogue finding stays zero-shot)")
-        self.weight = float(weight)
+        self.weight, self.holdout_every = float(weight), int(holdout_every)
         cat = list(ontology.CATEGORY_FINDINGS)
         self.findings = [f for j, f in enumerate(cat) if j % holdout_every != holdout_every - 1]
         self.held_out = [f.name for j, f in enumerate(cat) if j % holdout_every == holdout_every - 1]
@@ -145,7 +145,8 @@ class PromptAnchor(nn.Module):
         return (bce * mask).sum() / mask.sum().clamp(min=1.0)
 
     def meta(self) -> dict:
-        return {"weight": self.weight, "prompt_supervised": self.names, "zero_shot": self.held_out}
+        return {"weight": self.weight, "holdout_every": self.holdout_every, "prompt_supervised": self.names,
+                "zero_shot": self.held_out}
 
 
 def multi_positive_infonce(img, txt, keys, logit_scale, groups=None):
