@@ -54,3 +54,39 @@ def test_augmentation_changes_intensity_not_labels():
     x, y = s.sample(8)
     assert set(np.unique(y)) <= {0, LIVER}
     assert not np.allclose(x[:, 0][y == LIVER], 50.0 / 300.0)
+
+
+def _sampler_on(img, lab, seed=0, **kw):
+    return PatchSampler([Case("t", "analytic", img, lab, (3.0,) * 3)], PP["patch_size"], PP,
+                        rng=np.random.default_rng(seed), **kw)
+
+
+def test_identity_warp_is_the_plain_crop():
+    rng = np.random.default_rng(2)
+    img = rng.normal(0, 100, (20, 40, 40)).astype(np.float32)
+    lab = rng.integers(0, 4, img.shape).astype(np.uint8)
+    s = _sampler_on(img, lab)
+    for centre in (np.array([10, 20, 20]), np.array([2, 3, 38])):  # inside, and over the edge (fill values)
+        np.testing.assert_allclose(s._warp(img, centre, np.eye(3), -1000.0, order=1),
+                                   s._crop(img, centre, np.float32(-1000.0)), atol=1e-4)
+        np.testing.assert_array_equal(s._warp(lab, centre, np.eye(3), 0, order=0), s._crop(lab, centre, np.uint8(0)))
+
+
+def test_spatial_augmentation_moves_image_and_labels_together():
+    # a bright cube labelled liver: after any scale / rotation the label must still sit on the bright voxels
+    lab = np.zeros((30, 60, 60), np.uint8)
+    lab[8:22, 15:45, 15:45] = LIVER
+    img = np.where(lab > 0, 300.0, -1000.0).astype(np.float32)
+    s = _sampler_on(img, lab, p_class=1.0, p_spatial=1.0, scale_range=(0.7, 1.3), rotate_deg=30.0)
+    s._augment = lambda im, lb: im  # isolate the spatial part
+    x, y = s.sample(12)
+    liver_x = x[:, 0][y == LIVER]
+    assert liver_x.size > 0 and np.median(liver_x) == pytest.approx(1.0, abs=1e-3)  # 300 HU / 300
+    assert np.median(x[:, 0][y == 0]) < -1.0  # background stays air
+    # the warp really changes the geometry: zoomed out 2x around the cube centre, the 14x30x30 cube fills about
+    # (14/16)(30/32)^2 = 77 % of an 8x16x16 patch that the plain crop fills completely
+    zoom = _sampler_on(img, lab, scale_range=(2.0, 2.0), rotate_deg=0.0, tilt_deg=0.0)
+    centre = np.array([15, 30, 30])
+    assert (zoom._crop(lab, centre, np.uint8(0)) == LIVER).mean() == 1.0
+    frac = (zoom._warp(lab, centre, zoom._spatial_matrix(), 0, order=0) == LIVER).mean()
+    assert 0.6 < frac < 0.9, frac

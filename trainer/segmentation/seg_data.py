@@ -9,10 +9,12 @@ on one canonical grid at the training spacing. Sources, by patient (never both s
 
 Cases are cached under ``var/cache/seg`` (npz) keyed by source and geometry, so a second run starts training at once.
 
-Augmentation is intensity only (no flips: a left-right flip would swap the spleen side and the left/right kidney
-anatomy the network must learn; no rotations beyond what real-backed phantoms already carry): global HU scale/shift,
-a per-organ contrast shift (what enhancement does between non-contrast patient A and portal-venous patient B), and
-noise. Patches are class balanced: most are centred on a voxel of an organ drawn uniformly from those present in the
+Intensity augmentation: global HU scale/shift, a per-organ contrast shift (what enhancement does between non-contrast
+patient A and portal-venous patient B), and noise. Optional spatial augmentation (``p_spatial`` > 0): a random scale
+per axis around one common factor (body habitus: the held-out patient's organs are not the training patient's size)
+and a small rotation in the axial plane plus a smaller tilt (positioning on the table), sampled straight into the
+patch with one affine resampling (linear for HU, nearest for labels). Never a flip: a left-right flip would swap the
+spleen side and the left/right kidney anatomy the network must learn. Patches are class balanced: most are centred on a voxel of an organ drawn uniformly from those present in the
 case, so the adrenals and the prostate are seen as often as the liver.
 """
 
@@ -194,8 +196,13 @@ class PatchSampler:
     """Random class-balanced patches with intensity augmentation, normalised like the runtime."""
 
     def __init__(self, cases: list[Case], patch, preprocessing: dict, *, rng: np.random.Generator,
-                 p_class: float = 0.7, case_weights=None, augment: bool = True):
+                 p_class: float = 0.7, case_weights=None, augment: bool = True, p_spatial: float = 0.0,
+                 scale_range=(0.85, 1.15), rotate_deg: float = 15.0, tilt_deg: float = 5.0):
         self.cases = cases
+        self.p_spatial = float(p_spatial)
+        self.scale_range = tuple(float(v) for v in scale_range)
+        self.rotate_deg = float(rotate_deg)
+        self.tilt_deg = float(tilt_deg)
         self.patch = tuple(int(p) for p in patch)
         self.pp = preprocessing
         self.rng = rng
@@ -237,6 +244,31 @@ class PatchSampler:
         out[tuple(dst)] = arr[tuple(src)]
         return out
 
+    def _spatial_matrix(self) -> np.ndarray:
+        """Patch (z, y, x) offsets from its centre -> source offsets: rotations then per-axis scale (> 1 zooms out)."""
+        r = self.rng
+        common = r.uniform(*self.scale_range)
+        scale = np.diag(common * r.uniform(0.95, 1.05, 3))
+
+        def rot(a, b, deg):  # rotation in the plane of axes a, b
+            t = np.deg2rad(deg)
+            m = np.eye(3)
+            m[a, a], m[a, b], m[b, a], m[b, b] = np.cos(t), -np.sin(t), np.sin(t), np.cos(t)
+            return m
+
+        m = rot(1, 2, r.uniform(-self.rotate_deg, self.rotate_deg))  # axial plane (y, x)
+        m = rot(0, 1, r.uniform(-self.tilt_deg, self.tilt_deg)) @ m  # tilt (z, y)
+        return m @ scale
+
+    def _warp(self, arr: np.ndarray, centre: np.ndarray, matrix: np.ndarray, fill, order: int) -> np.ndarray:
+        """Resample ``arr`` onto the patch grid around ``centre`` through ``matrix`` (only the patch is computed)."""
+        from scipy import ndimage
+
+        half = (np.asarray(self.patch) // 2).astype(np.float64)  # the same patch origin as _crop
+        offset = np.asarray(centre, dtype=np.float64) - matrix @ half
+        return ndimage.affine_transform(arr, matrix, offset=offset, output_shape=self.patch, order=order,
+                                        mode="constant", cval=float(fill), prefilter=False).astype(arr.dtype)
+
     def _augment(self, img: np.ndarray, lab: np.ndarray) -> np.ndarray:
         r = self.rng
         img = img.copy()
@@ -259,8 +291,13 @@ class PatchSampler:
         for _ in range(batch):
             k = int(self.rng.choice(len(self.cases), p=self.case_p))
             c = self._centre(k)
-            img = self._crop(self.cases[k].image, c, np.float32(-1000.0))
-            lab = self._crop(self.cases[k].labels, c, np.uint8(0))
+            if self.augment and self.p_spatial > 0 and self.rng.random() < self.p_spatial:
+                m = self._spatial_matrix()
+                img = self._warp(self.cases[k].image, c, m, -1000.0, order=1)
+                lab = self._warp(self.cases[k].labels, c, m, 0, order=0)
+            else:
+                img = self._crop(self.cases[k].image, c, np.float32(-1000.0))
+                lab = self._crop(self.cases[k].labels, c, np.uint8(0))
             if self.augment:
                 img = self._augment(img, lab)
             xs.append(normalise(np.maximum(img, lo), self.pp))
