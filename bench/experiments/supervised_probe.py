@@ -26,6 +26,22 @@ cache_dir = sys.argv[5]; os.makedirs(cache_dir, exist_ok=True)
 tr = bank(sys.argv[3], 'train', f'{cache_dir}/tr_{tag}.pkl', False)
 te = bank(sys.argv[4], 'test', f'{cache_dir}/probe_{tag}.pkl', True)
 print('banks', len(tr), len(te), f'{time.time()-t0:.0f}s', flush=True)
+MASK = os.environ.get('MASK') == '1'  # session 6: the organ mask, fitted to the grid, as a second input channel
+def mask_bank(path, split, cache):
+    if os.path.exists(cache): return pickle.load(open(cache, 'rb'))
+    from trainer.pairs.dataset import USABLE, PairDataset
+    from appliance.preprocess import fit_to_shape
+    with PairDataset(path) as ds:  # the same crop order as D.from_pairs
+        ms = [fit_to_shape(ds.load_crop(r['crop_id'])[1], shape)[None].astype(np.float16)
+              for r in ds.crops(split=split, status=USABLE)]
+    pickle.dump(ms, open(cache, 'wb')); return ms
+if MASK:
+    mtr = mask_bank(sys.argv[3], 'train', f'{cache_dir}/trmask_{tag}.pkl')
+    mte = mask_bank(sys.argv[4], 'test', f'{cache_dir}/probemask_{tag}.pkl')
+    assert len(mtr) == len(tr) and len(mte) == len(te)
+    tr.x = [np.concatenate([a, b]) for a, b in zip(tr.x, mtr)]; te.x = [np.concatenate([a, b]) for a, b in zip(te.x, mte)]
+    tag += '_mask'
+
 FN = [f.name for f in ontology.CATEGORY_FINDINGS]; FI = {n: i for i, n in enumerate(FN)}
 ORG = {o.name: i for i, o in enumerate(ontology.ORGANS)}
 scored = torch.zeros(16, len(FN))  # which findings are scored in which organ crop
@@ -44,7 +60,7 @@ big = shape[1] > 64
 class Net(nn.Module):
     def __init__(s):
         super().__init__()
-        s.stem = nn.Conv3d(1, 16, 3, stride=(1, 2, 2) if big else 1, padding=1)
+        s.stem = nn.Conv3d(2 if MASK else 1, 16, 3, stride=(1, 2, 2) if big else 1, padding=1)
         c = [16, 32, 64, 96]
         s.convs = nn.ModuleList([nn.Conv3d(c[i], c[i+1], 3, padding=1) for i in range(3)])
         s.bns = nn.ModuleList([nn.BatchNorm3d(c[i]) for i in range(4)])
