@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from trainer.model.distributed import cleanup
 from trainer.model.videomae import VideoMAE
 from trainer.model.vit3d import ViTConfig
 
@@ -41,7 +42,7 @@ def _worker(rank: int, world: int, port: int, out: str):
         opt.step()
     w = torch.cat([p.detach().flatten() for p in model.parameters()])
     torch.save(w, f"{out}/w{rank}.pt")
-    dist.destroy_process_group()
+    cleanup()  # barrier first: a rank that tears gloo down while its peer is still connected aborts (SIGABRT)
 
 
 def _free_port() -> int:
