@@ -90,3 +90,12 @@ def test_spatial_augmentation_moves_image_and_labels_together():
     assert (zoom._crop(lab, centre, np.uint8(0)) == LIVER).mean() == 1.0
     frac = (zoom._warp(lab, centre, zoom._spatial_matrix(), 0, order=0) == LIVER).mean()
     assert 0.6 < frac < 0.9, frac
+
+
+def test_spatial_settings_are_validated():
+    lab = np.zeros((8, 16, 16), np.uint8)
+    img = np.zeros(lab.shape, np.float32)
+    with pytest.raises(ValueError, match="p_spatial"):
+        _sampler_on(img, lab, p_spatial=1.5)
+    with pytest.raises(ValueError, match="scale_range"):
+        _sampler_on(img, lab, scale_range=(1.2, 0.8))

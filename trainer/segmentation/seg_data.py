@@ -14,8 +14,10 @@ patient A and portal-venous patient B), and noise. Optional spatial augmentation
 per axis around one common factor (body habitus: the held-out patient's organs are not the training patient's size)
 and a small rotation in the axial plane plus a smaller tilt (positioning on the table), sampled straight into the
 patch with one affine resampling (linear for HU, nearest for labels). Never a flip: a left-right flip would swap the
-spleen side and the left/right kidney anatomy the network must learn. Patches are class balanced: most are centred on a voxel of an organ drawn uniformly from those present in the
-case, so the adrenals and the prostate are seen as often as the liver.
+spleen side and the left/right kidney anatomy the network must learn.
+
+Patches are class balanced: most are centred on a voxel of an organ drawn uniformly from those present in the case,
+so the adrenals and the prostate are seen as often as the liver.
 """
 
 from __future__ import annotations
@@ -203,6 +205,10 @@ class PatchSampler:
         self.scale_range = tuple(float(v) for v in scale_range)
         self.rotate_deg = float(rotate_deg)
         self.tilt_deg = float(tilt_deg)
+        if not 0.0 <= self.p_spatial <= 1.0:
+            raise ValueError(f"p_spatial is a probability (0..1), got {self.p_spatial}")
+        if len(self.scale_range) != 2 or not 0 < self.scale_range[0] <= self.scale_range[1]:
+            raise ValueError(f"scale_range must be [low, high] with 0 < low <= high, got {list(self.scale_range)}")
         self.patch = tuple(int(p) for p in patch)
         self.pp = preprocessing
         self.rng = rng

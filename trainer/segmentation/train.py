@@ -90,10 +90,9 @@ def train(recipe: dict, out: Path, *, train_patient: str | None = None, iteratio
     t_data = time.time() - t0
     log(f"data ready in {t_data:.0f}s")
     weights = [float(t.get("real_weight", 3.0)) if c.name.startswith("ts_") else 1.0 for c in cases]
+    spatial = {k: t[k] for k in ("p_spatial", "scale_range", "rotate_deg", "tilt_deg") if k in t}  # else: off
     sampler = PatchSampler(cases, pp["patch_size"], pp, rng=rng, p_class=float(t.get("p_class", 0.7)),
-                           case_weights=weights, p_spatial=float(t.get("p_spatial", 0.0)),
-                           scale_range=t.get("scale_range", (0.85, 1.15)), rotate_deg=float(t.get("rotate_deg", 15.0)),
-                           tilt_deg=float(t.get("tilt_deg", 5.0)))
+                           case_weights=weights, **spatial)
     model = build({"channels": recipe["model"]["channels"]})
     if init:  # continue from an earlier checkpoint of the same architecture (a second budgeted stage)
         from trainer.segmentation.unet import load_checkpoint
