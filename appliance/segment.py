@@ -14,9 +14,16 @@ Steps (``preprocessing`` is the bundle's ``models.segmentation.preprocessing`` d
    logits), turn logits into softmax probabilities and blend them with a Gaussian importance map
    (sigma = patch/8 per axis, normalised to max 1, zeros lifted to the smallest non-zero value),
 5. argmax over channels, map channel -> label id through ``class_ids``,
-6. map the label map back onto the input grid with nearest neighbour.
+6. optional connected-component clean-up on the working grid (``postprocess``, see ``clean_components``),
+7. map the label map back onto the input grid with nearest neighbour.
 
 Blending softmax probabilities (not raw logits) keeps one over-confident window edge from dominating its neighbours.
+
+``postprocess`` (optional; absent = none, what every bundle before session 7 did) is the model's own clean-up rule,
+decided by whoever trained it (nnU-Net stores one per model too): ``{"keep_largest": [label ids],
+"min_component_fraction": f}``. A network that has seen one or two patients paints islands of an organ elsewhere
+(session 7: a second "liver" in the pelvis of the held-out patient); a solid organ is one piece, so only its largest
+component is real.
 """
 
 from __future__ import annotations
@@ -52,6 +59,48 @@ def _check_preprocessing(pp: dict) -> None:
                          ("window_frame", ("LPS", "RAS"))):
         if key in pp and pp[key] not in allowed:
             raise SegmentationError(f"preprocessing {key} = {pp[key]!r}; allowed: {', '.join(allowed)}")
+    post = pp.get("postprocess")
+    if post is not None:
+        unknown = set(post) - {"keep_largest", "min_component_fraction"}
+        if unknown:
+            raise SegmentationError(f"postprocess has unknown keys {sorted(unknown)}; "
+                                    "allowed: keep_largest, min_component_fraction")
+        organ_ids = {int(c) for c in pp["class_ids"]} - {0}
+        bad = [i for i in post.get("keep_largest", []) if int(i) not in organ_ids]
+        if bad:
+            raise SegmentationError(f"postprocess keep_largest names label ids {bad} that are not organ classes")
+        if not 0.0 <= float(post.get("min_component_fraction", 0.0)) < 1.0:
+            raise SegmentationError("postprocess min_component_fraction must be in [0, 1)")
+
+
+def clean_components(labels: np.ndarray, keep_largest=(), min_component_fraction: float = 0.0) -> np.ndarray:
+    """Connected-component clean-up of a label map (face connectivity); removed voxels become background (0).
+
+    Label ids in ``keep_largest`` keep only their largest component (solid organs: one piece in every patient). Every
+    other label drops the components smaller than ``min_component_fraction`` of its own largest one: tubes, paired
+    organs and the spine are legitimately several pieces (vertebrae, bowel loops leaving the scan), so only specks go.
+    """
+    from scipy import ndimage
+
+    keep = {int(i) for i in keep_largest}
+    frac = float(min_component_fraction)
+    out = labels.copy()
+    objects = ndimage.find_objects(labels)  # bounding box per label id: label each organ inside its own box only
+    for lab, box in enumerate(objects, start=1):
+        if box is None or (lab not in keep and frac <= 0.0):
+            continue
+        m = labels[box] == lab
+        cc, n = ndimage.label(m)
+        if n <= 1:
+            continue
+        sizes = np.bincount(cc.ravel())[1:]
+        if lab in keep:
+            drop = np.arange(n) != int(np.argmax(sizes))  # exactly one survives, even on a size tie
+        else:
+            drop = sizes < frac * sizes.max()
+        region = out[box]
+        region[np.isin(cc, np.flatnonzero(drop) + 1)] = 0
+    return out
 
 
 def normalise(array: np.ndarray, pp: dict) -> np.ndarray:
@@ -179,6 +228,10 @@ def segment_volume(volume: Volume, preprocessing: dict, predict: Predict, *, bat
         raise SegmentationError(f"network gives {prob.shape[0]} channels but class_ids has {len(class_ids)}")
     dtype = np.uint8 if class_ids.max(initial=0) < 256 else np.uint16
     lab_work = class_ids[np.argmax(prob, axis=0)].astype(dtype)
+    post = pp.get("postprocess")
+    if post:
+        lab_work = clean_components(lab_work, post.get("keep_largest", ()),
+                                    float(post.get("min_component_fraction", 0.0)))
     lab_vol = Volume(lab_work, work.spacing, work.origin, work.direction)
     if work.same_grid(volume):
         out_arr = lab_work

@@ -11,7 +11,7 @@ import math
 import numpy as np
 import pytest
 
-from appliance.segment import (SegmentationError, dice_per_label, gaussian_importance, segment_volume,
+from appliance.segment import (SegmentationError, clean_components, dice_per_label, gaussian_importance, segment_volume,
                                sliding_window_probabilities, window_starts)
 from appliance.volume import CANONICAL_DIRECTION, Volume
 
@@ -135,3 +135,41 @@ def test_dice_per_label():
     assert d[1] == pytest.approx(2 * 16 / (32 + 16))
     assert d[2] == 0.0
     assert math.isnan(d[3])
+
+
+def test_clean_components_keeps_one_piece_of_a_solid_organ_and_only_drops_specks_elsewhere():
+    lab = np.zeros((10, 20, 20), np.uint8)
+    lab[1:6, 1:9, 1:9] = 1     # the liver
+    lab[7:9, 15:18, 15:18] = 1  # a second, smaller "liver" elsewhere: not real for a solid organ
+    lab[1:4, 12:15, 1:4] = 5   # kidney, right
+    lab[1:4, 12:15, 8:10] = 5  # kidney, left (smaller, 2/3 of the right one): a legitimate second piece
+    lab[9, 0, 19] = 5          # a one-voxel speck of "kidney"
+    out = clean_components(lab, keep_largest=[1], min_component_fraction=0.1)
+    expect = lab.copy()
+    expect[7:9, 15:18, 15:18] = 0
+    expect[9, 0, 19] = 0
+    np.testing.assert_array_equal(out, expect)
+    np.testing.assert_array_equal(clean_components(lab), lab)  # no rule: unchanged
+    tie = np.zeros((3, 3, 7), np.uint8)
+    tie[:, :, 0] = tie[:, :, 6] = 2
+    assert (clean_components(tie, keep_largest=[2]) == 2).sum() == 9  # a size tie still leaves exactly one piece
+
+
+def test_segment_volume_runs_the_models_postprocess_rule():
+    shape = (23, 37, 41)
+    vol = box_volume(shape, (slice(3, 15), slice(20, 33), slice(1, 9)))
+    vol.array[18:20, 2:4, 30:32] = 300.0  # a small bright island: the threshold "network" calls it label 7 too
+    plain = segment_volume(vol, pp(), threshold_predict())
+    assert (plain.array == 7).sum() == 12 * 13 * 8 + 8
+    cleaned = segment_volume(vol, pp() | {"postprocess": {"keep_largest": [7]}}, threshold_predict())
+    assert (cleaned.array == 7).sum() == 12 * 13 * 8 and cleaned.array[18, 2, 30] == 0
+
+
+@pytest.mark.parametrize("post, match", [({"keep_largest": [3]}, "not organ classes"),
+                                         ({"keep_largest": [0]}, "not organ classes"),
+                                         ({"min_component_fraction": 1.5}, r"\[0, 1\)"),
+                                         ({"largest": [7]}, "unknown keys")])
+def test_bad_postprocess_rule_is_reported(post, match):
+    vol = box_volume((8, 16, 16), (slice(1, 3),) * 3)
+    with pytest.raises(SegmentationError, match=match):
+        segment_volume(vol, pp() | {"postprocess": post}, threshold_predict())

@@ -70,3 +70,42 @@ def test_learns_a_bright_box_and_runs_through_the_runtime_path():
     inter = ((out.array == 1) & (ref == 1)).sum()
     dice = 2 * inter / ((out.array == 1).sum() + ref.sum())
     assert dice > 0.8, dice
+
+
+def test_recipe_postprocess_becomes_label_ids_in_the_checkpoint(tmp_path):
+    from appliance.errors import TotalFMError
+    from trainer.segmentation.train import load_recipe, postprocess_from_recipe, preprocessing_from_recipe
+
+    recipe = load_recipe("trainer/recipes/seg_demo.toml")
+    pp = preprocessing_from_recipe(recipe)
+    names = [pp["organs"][i] for i in pp["postprocess"]["keep_largest"]]
+    assert names == recipe["postprocess"]["keep_largest"] and "liver" in names
+    assert 0.0 < pp["postprocess"]["min_component_fraction"] < 1.0
+    assert "postprocess" not in preprocessing_from_recipe({k: v for k, v in recipe.items() if k != "postprocess"})
+    with pytest.raises(TotalFMError, match="unknown organs"):
+        postprocess_from_recipe({"postprocess": {"keep_largest": ["livr"]}})
+
+
+def test_seg_eval_writes_the_postprocess_rule_into_the_checkpoint(tmp_path, monkeypatch):
+    """--write-postprocess stores the recipe's rule, so the exported bundle runs what seg-eval measured."""
+    from trainer.segmentation import evaluate
+    from trainer.segmentation.train import load_recipe, postprocess_from_recipe
+
+    m = build({"channels": [4, 8, 8, 8]})
+    pp = {"spacing_mm": [3.0] * 3, "patch_size": [8, 16, 16], "clip_hu": [-1000.0, 1000.0], "mean": 0.0,
+          "std": 300.0, "step": 0.5, "label_space": "organ", "class_ids": list(range(N_CLASSES))}
+    p = save_checkpoint(tmp_path / "m.pt", m, pp, {})
+    seen = {}
+
+    def fake_sets(train_patient, n_phantoms, data_dir=None):  # one tiny synthetic case instead of the real patient
+        seen["called"] = True
+        yield "tiny", "box", Volume(np.zeros((8, 16, 16), np.float32), (3.0, 3.0, 3.0)), np.zeros((8, 16, 16), int)
+
+    monkeypatch.setattr(evaluate, "held_out_sets", fake_sets)
+    assert evaluate.main([str(p), "--postprocess", "trainer/recipes/seg_demo.toml", "--write-postprocess",
+                          "--write-metrics"]) == 0
+    _, pp2 = build_from_checkpoint(p)
+    assert seen and pp2["postprocess"] == postprocess_from_recipe(load_recipe("trainer/recipes/seg_demo.toml"))
+    assert torch.load(p, weights_only=False)["metrics"]["dice_postprocess"] == pp2["postprocess"]
+    assert evaluate.main([str(p), "--postprocess", "none", "--write-postprocess"]) == 0
+    assert "postprocess" not in build_from_checkpoint(p)[1]

@@ -1,6 +1,7 @@
 """`totalfm train seg-eval CKPT`: Dice per organ of a segmentation checkpoint, through the runtime path.
 
     totalfm train seg-eval var/models/seg_demo.pt [--phantoms 3] [--json OUT.json] [--write-metrics]
+        [--postprocess RECIPE|none] [--write-postprocess]
 
 Held-out sets (never the training patient, see seg_data): the *other* real patient (checkpoint provenance says which
 one it was trained on: A -> test on the DICOM series B; B -> test on both NIfTI scans of A) and analytic phantoms with
@@ -85,7 +86,10 @@ def format_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def evaluate_checkpoint(ckpt_path: str | Path, *, n_phantoms: int = 3, data_dir=None, log=print) -> dict:
+def evaluate_checkpoint(ckpt_path: str | Path, *, n_phantoms: int = 3, data_dir=None, log=print,
+                        postprocess="checkpoint") -> dict:
+    """``postprocess``: "checkpoint" (the rule the checkpoint carries, what its bundle would run), None (no clean-up)
+    or a postprocess dict to try in its place."""
     import torch
 
     from trainer.segmentation.unet import build_from_checkpoint, load_checkpoint
@@ -94,6 +98,10 @@ def evaluate_checkpoint(ckpt_path: str | Path, *, n_phantoms: int = 3, data_dir=
     ck = load_checkpoint(ckpt_path)
     train_patient = ck.get("provenance", {}).get("train_patient", "A")
     model, pp = build_from_checkpoint(ckpt_path)
+    if postprocess != "checkpoint":
+        pp.pop("postprocess", None)
+        if postprocess:
+            pp["postprocess"] = dict(postprocess)
     results = []
     t0 = time.time()
     for set_name, name, img, ref in held_out_sets(train_patient, n_phantoms, data_dir):
@@ -105,7 +113,8 @@ def evaluate_checkpoint(ckpt_path: str | Path, *, n_phantoms: int = 3, data_dir=
     summary = summarise(results)
     return {"checkpoint": str(ckpt_path), "train_patient": train_patient,
             "held_out_patient": "B" if train_patient == "A" else "A", "cases": results, "summary": summary,
-            "eval_wall_s": round(time.time() - t0, 1), "train_metrics": ck.get("metrics", {})}
+            "eval_wall_s": round(time.time() - t0, 1), "train_metrics": ck.get("metrics", {}),
+            "postprocess": pp.get("postprocess")}
 
 
 def main(argv: list[str]) -> int:
@@ -115,9 +124,23 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--json", default=None, help="write the full result here")
     ap.add_argument("--write-metrics", action="store_true", help="store the Dice summary in the checkpoint's metrics")
+    ap.add_argument("--postprocess", default="checkpoint", metavar="RECIPE|none|checkpoint",
+                    help="connected-component clean-up to evaluate with: the checkpoint's own (default), none, or a "
+                         "seg recipe's [postprocess] table")
+    ap.add_argument("--write-postprocess", action="store_true",
+                    help="store the --postprocess rule in the checkpoint, so its bundle runs it")
     a = ap.parse_args(argv)
+    post = a.postprocess
+    if post not in ("checkpoint", "none"):
+        from trainer.segmentation.train import load_recipe, postprocess_from_recipe
+
+        post = postprocess_from_recipe(load_recipe(post))
+    elif post == "none":
+        post = None
+    if a.write_postprocess and post == "checkpoint":
+        ap.error("--write-postprocess needs --postprocess RECIPE or none")
     res = evaluate_checkpoint(a.checkpoint, n_phantoms=a.phantoms, data_dir=a.data_dir,
-                              log=lambda m: print(m, flush=True))
+                              log=lambda m: print(m, flush=True), postprocess=post)
     print()
     print(f"Dice per organ, checkpoint trained on patient {res['train_patient']} "
           f"(held-out real patient {res['held_out_patient']}):")
@@ -125,11 +148,17 @@ def main(argv: list[str]) -> int:
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps(res, indent=1))
-    if a.write_metrics:
+    if a.write_metrics or a.write_postprocess:
         import torch
 
         ck = torch.load(a.checkpoint, map_location="cpu", weights_only=False)
-        ck.setdefault("metrics", {})["dice"] = res["summary"]
+        if a.write_metrics:
+            ck.setdefault("metrics", {})["dice"] = res["summary"]
+            ck["metrics"]["dice_postprocess"] = res["postprocess"]
+        if a.write_postprocess:
+            ck["preprocessing"].pop("postprocess", None)
+            if post:
+                ck["preprocessing"]["postprocess"] = post
         tmp = Path(str(a.checkpoint) + ".tmp")
         torch.save(ck, tmp)
         tmp.replace(a.checkpoint)

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from appliance import ontology
+from appliance.errors import TotalFMError
 
 
 def load_recipe(path: str | Path) -> dict:
@@ -28,9 +29,21 @@ def load_recipe(path: str | Path) -> dict:
         return tomllib.load(fh)
 
 
+def postprocess_from_recipe(recipe: dict) -> dict | None:
+    """The recipe's ``[postprocess]`` table (organ names) -> ``appliance.segment`` postprocess (label ids), or None."""
+    post = recipe.get("postprocess")
+    if not post:
+        return None
+    unknown = [n for n in post.get("keep_largest", []) if n not in ontology.ORGAN_NAMES]
+    if unknown:
+        raise TotalFMError(f"recipe [postprocess] keep_largest names unknown organs {unknown}")
+    return {"keep_largest": [ontology.ORGAN_NAMES.index(n) + 1 for n in post.get("keep_largest", [])],
+            "min_component_fraction": float(post.get("min_component_fraction", 0.0))}
+
+
 def preprocessing_from_recipe(recipe: dict) -> dict:
     p = recipe["preprocessing"]
-    return {
+    pp = {
         "spacing_mm": [float(v) for v in p["spacing_mm"]],
         "patch_size": [int(v) for v in p["patch_size"]],
         "clip_hu": [float(v) for v in p["clip_hu"]],
@@ -41,6 +54,10 @@ def preprocessing_from_recipe(recipe: dict) -> dict:
         "class_ids": list(range(len(ontology.ORGANS) + 1)),
         "organs": ["background"] + list(ontology.ORGAN_NAMES),
     }
+    post = postprocess_from_recipe(recipe)
+    if post:
+        pp["postprocess"] = post
+    return pp
 
 
 def _git_commit() -> str | None:
