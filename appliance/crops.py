@@ -14,6 +14,9 @@ Statuses, so nothing is silently cropped as if complete:
   truncated_by_scan  the mask touches an edge of the scanned volume: the organ is cut off by the scan range (still
                      cropped, flagged with the side, so training and scoring can decide to use it or not)
   too_small          fewer mL than the recipe's plausible minimum (a fragment or a segmentation speck): no crop
+  not_in_crop        the organ's mask is scattered so widely that none of it falls inside the fixed-shape crop
+                     around its bounding-box centre (e.g. a false piece on the far side of the body): no crop, so
+                     nothing is encoded or scored from a box that does not show the organ
   absent             not in the label map: no crop
 """
 
@@ -28,7 +31,7 @@ from appliance import ontology
 from appliance.errors import CropError
 from appliance.volume import Volume
 
-STATUSES = ("ok", "partial_in_crop", "truncated_by_scan", "too_small", "absent")
+STATUSES = ("ok", "partial_in_crop", "truncated_by_scan", "too_small", "not_in_crop", "absent")
 
 
 @dataclass(eq=False)
@@ -149,6 +152,11 @@ def crop_organs(volume: Volume, labels: Volume, *, organs=None, label_space: str
         hu = _sample(volume.array, scale, offset, shape, 1, lo)
         img = ((np.clip(hu, lo, hi) - np.float32(lo)) / np.float32(hi - lo)).astype(dtype, copy=False)
         mask = _sample(omap, scale, offset, shape, 0, 0, select=i)
+        if not mask.any():
+            out.crops[org.name] = OrganCrop(
+                org.name, "not_in_crop", f"none of its {ml:.0f} mL falls inside the {r.extent_mm} mm crop around "
+                f"its bounding-box centre (the mask is in scattered pieces)", None, None, bbox, n, ml)
+            continue
         geom = dict(spacing=tuple(crop_sp), origin=tuple(origin), direction=volume.direction.copy())
         extent_needed = np.array([(s.stop - s.start) for s in sl]) * src_sp + 2 * r.margin_mm
         fit = tuple(float(min(1.0, e)) for e in (crop_sp * shape) / extent_needed)

@@ -120,3 +120,18 @@ def test_organ_label_space_and_bad_values(pelvis):
     assert via_organ.crops["liver"].image.array.tobytes() == via_ts.crops["liver"].image.array.tobytes()
     with pytest.raises(CropError, match="0..16"):
         crop_organs(vol, labels.with_array(np.full_like(omap, 40)), label_space="organ")
+
+
+def test_scattered_pieces_that_miss_the_crop_are_not_cropped():
+    """Session 7's quick start: a false spine piece on the far side of the body put the bounding-box centre between
+    the two pieces, and the 96 mm crop around it held no spine at all. That must not become an 'ok' crop."""
+    shape = (17, 300, 300)
+    vol = Volume(np.zeros(shape, np.float32), (2.0, 1.0, 1.0))
+    omap = np.zeros(shape, np.uint8)
+    spine = ontology.ORGAN_NAMES.index("spine") + 1
+    omap[:, 140:180, 250:290] = spine  # the real piece
+    omap[:, 140:180, 5:30] = spine  # a false piece 220 mm away: bbox centre ~x 147, crop +-48 mm misses both
+    c = crop_organs(vol, vol.with_array(omap), label_space="organ").crops["spine"]
+    assert c.status == "not_in_crop" and not c.usable and "scattered" in c.reason
+    omap[:, 140:180, 5:30] = 0
+    assert crop_organs(vol, vol.with_array(omap), label_space="organ").crops["spine"].usable
