@@ -76,25 +76,40 @@ def quantize_embedding_tables(src: str | Path, dst: str | Path) -> list[dict]:
 
 
 def slim_bundle(src: str | Path, out: str | Path, *, threads: int = 2, log=print) -> dict:
+    """Write the slim copy of ``src`` to ``out``. It is built in a temporary folder beside ``out`` and swapped in
+    only when every gate passes, so a refused slim leaves an existing ``out`` (the embedded bundle) untouched."""
     src, out = Path(src), Path(out)
     b = load_bundle(src)
-    if out.exists():
-        shutil.rmtree(out)
-    shutil.copytree(src, out)
     spec = b.model("text_encoder")
-    rel_fp32 = Path(spec.path).relative_to(b.root)
-    tmp_int8 = out / rel_fp32.with_suffix(".tmp-int8.onnx")
     base = spec.variants.get("int8")
     if base is None:
-        shutil.rmtree(out)
         raise SystemExit("the bundle has no INT8 text encoder that passed the AUROC gate; run `totalfm export int8 "
-                         "BUNDLE --pairs DATASET` first")
+                         "BUNDLE --pairs DATASET` first; nothing written")
+    if not b.provenance.get("prompts"):
+        raise SystemExit("bundle provenance has no prompt list; cannot measure the slim text encoder")
+    work = out.parent / f".{out.name}.slim-tmp"
+    if work.exists():
+        shutil.rmtree(work)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copytree(src, work)
+    try:
+        report = _slim_into(b, spec, base, work, threads, log)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    if out.exists():
+        shutil.rmtree(out)
+    work.rename(out)
+    return report
+
+
+def _slim_into(b, spec, base, out: Path, threads: int, log) -> dict:
+    rel_fp32 = Path(spec.path).relative_to(b.root)
+    tmp_int8 = out / rel_fp32.with_suffix(".tmp-int8.onnx")
     shutil.copyfile(base, tmp_int8)
     rel_slim = rel_fp32.with_suffix(".slim.onnx")
     tables = quantize_embedding_tables(tmp_int8, out / rel_slim)
-    prompts = b.provenance.get("prompts") or []
-    if not prompts:
-        raise SystemExit("bundle provenance has no prompt list; cannot measure the slim text encoder")
+    prompts = b.provenance["prompts"]
     tok = load_tokenizer(b.root / spec.extra["tokenizer"], spec.extra["max_length"])
     emb = text_embeddings(ort_session(out / rel_slim, threads), tok, prompts)
     emb_int8 = text_embeddings(ort_session(tmp_int8, threads), tok, prompts)
@@ -110,7 +125,6 @@ def slim_bundle(src: str | Path, out: str | Path, *, threads: int = 2, log=print
                                "bytes_slim": (out / rel_slim).stat().st_size}}
     log(json.dumps(report, indent=1))
     if cos.min() < MIN_COSINE:
-        shutil.rmtree(out)
         raise SystemExit(f"slim text encoder too far from fp32 (min cosine {cos.min():.4f} < {MIN_COSINE}); "
                          "nothing written")
     # Remove the fp32 text encoder and its variants from the copy; the slim one becomes the model file.

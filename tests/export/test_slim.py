@@ -34,3 +34,19 @@ def test_uint8_rows_round_trip(tmp_path):
         assert out.shape == ref.shape
         assert np.all(np.abs(out - ref) <= step[:, None] / 2 + 1e-6)  # at most half a quantisation step per row
         assert dst.stat().st_size < src.stat().st_size / 2.5  # 16-wide rows: 16 B of uint8 + 8 B scale/min vs 64 B
+
+
+def test_a_refused_slim_leaves_the_existing_output_untouched(tmp_path):
+    """The embedded bundle is the usual --out: a slim refused at its gate must not delete it (session 7 lost it)."""
+    import pytest
+
+    from export.slim import slim_bundle
+    from export.untrained import build_untrained_bundle
+
+    src = build_untrained_bundle(tmp_path / "src")  # no INT8 text encoder variant: the gate refuses
+    out = tmp_path / "embedded"
+    out.mkdir()
+    (out / "manifest.json").write_text("{}")
+    with pytest.raises(SystemExit, match="nothing written"):
+        slim_bundle(src, out, log=lambda s: None)
+    assert (out / "manifest.json").read_text() == "{}" and not list(tmp_path.glob(".*slim-tmp"))
