@@ -84,9 +84,10 @@ def crop_stage(volume: Volume, labels: Volume, label_space: str) -> CropSet:
 
 
 def encode_stage(crops: CropSet, runner: Runner, input_shape, organ_order: list[str], *,
-                 batch_size: int = 8) -> dict[str, np.ndarray]:
-    """Usable crops -> L2-normalised embeddings, organs batched (batch_size organs per encoder call)."""
-    from appliance.preprocess import encoder_input
+                 batch_size: int = 8, measurements: bool = False) -> dict[str, np.ndarray]:
+    """Usable crops -> L2-normalised embeddings, organs batched (batch_size organs per encoder call).
+    ``measurements``: the encoder also takes each organ's measurements (bundle preprocessing ``n_measurements``)."""
+    from appliance.preprocess import encoder_input, organ_measurements
 
     usable = [(name, c) for name, c in crops.crops.items() if c.usable and c.status in USABLE]
     out: dict[str, np.ndarray] = {}
@@ -94,7 +95,10 @@ def encode_stage(crops: CropSet, runner: Runner, input_shape, organ_order: list[
         chunk = usable[i:i + batch_size]
         x = np.stack([encoder_input(c, input_shape) for _, c in chunk]).astype(np.float32, copy=False)
         idx = np.asarray([organ_order.index(n) for n, _ in chunk], dtype=np.int64)
-        res = runner.run({"crop": x, "organ_index": idx})
+        feeds = {"crop": x, "organ_index": idx}
+        if measurements:
+            feeds["measurements"] = np.stack([organ_measurements(c) for _, c in chunk]).astype(np.float32)
+        res = runner.run(feeds)
         emb = np.asarray(res["embedding"] if "embedding" in res else next(iter(res.values())), dtype=np.float32)
         emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
         for (name, _), e in zip(chunk, emb):
@@ -184,6 +188,7 @@ class Pipeline:
             raise TotalFMError(f"bundle {bundle.bundle_id}: models.organ_encoder.preprocessing has no input_shape; "
                                f"re-export the bundle")
         self.input_shape = tuple(int(s) for s in shape)
+        self.measurements = self._check_measurements(bundle, self.enc_spec.preprocessing)
         self.seg_batch, self.encoder_batch = seg_batch, encoder_batch
         self.llm, self.llm_error = self._load_llm(llm, threads)
         self.load_seconds = time.perf_counter() - t0
@@ -194,6 +199,20 @@ class Pipeline:
     @property
     def backend(self) -> str:
         return self.seg.backend if self.seg.backend == self.enc.backend else f"{self.seg.backend}+{self.enc.backend}"
+
+    @staticmethod
+    def _check_measurements(bundle: Bundle, pre: dict) -> bool:
+        """Does the organ encoder take organ measurements, and are they the ones this software computes?"""
+        from appliance.preprocess import MEASUREMENTS, N_MEASUREMENTS
+
+        n = int(pre.get("n_measurements", 0))
+        if not n:
+            return False
+        if pre.get("measurements") != MEASUREMENTS or n != N_MEASUREMENTS:
+            raise TotalFMError(f"bundle {bundle.bundle_id}: its organ encoder takes {n} measurements of kind "
+                               f"{pre.get('measurements')!r}, this software computes {N_MEASUREMENTS} of kind "
+                               f"{MEASUREMENTS!r}; install the software version the bundle was built for")
+        return True
 
     def _open(self, name, spec, backend, threads, variant) -> Runner:
         r = open_model(spec.path, backend, threads, bundle=self.bundle, model_name=name)
@@ -239,7 +258,7 @@ class Pipeline:
             crops = crop_stage(volume, labels, self.label_space)
         with self._timed(timings, "encode"):
             emb = encode_stage(crops, self.enc, self.input_shape, self.bundle.organs,
-                               batch_size=self.encoder_batch)
+                               batch_size=self.encoder_batch, measurements=self.measurements)
         with self._timed(timings, "score"):
             findings = score_stage(emb, self.bundle)
         with self._timed(timings, "measure"):

@@ -93,12 +93,21 @@ def prompt_table() -> tuple[list[str], list[dict]]:
     return prompts, rows
 
 
-def _random_batches(kind: str, shape: list[int], n_organs: int = len(ontology.ORGANS), seed: int = 0):
+def _random_batches(kind: str, shape: list[int], n_organs: int = len(ontology.ORGANS), seed: int = 0,
+                    n_measurements: int = 0):
     rng = np.random.default_rng(seed)
     if kind == "segmentation":
         return [{"image": rng.standard_normal((2, 1, *shape)).astype(np.float32)}]
-    return [{"crop": rng.random((2, 1, *shape), dtype=np.float32),
-             "organ_index": rng.integers(0, n_organs, 2).astype(np.int64)}]
+    batch = {"crop": rng.random((2, 1, *shape), dtype=np.float32),
+             "organ_index": rng.integers(0, n_organs, 2).astype(np.int64)}
+    if n_measurements:
+        batch["measurements"] = rng.random((2, n_measurements), dtype=np.float32)
+    return [batch]
+
+
+def encoder_inputs(n_measurements: int) -> list[str]:
+    """The organ encoder graph's input names: crop and organ_index, plus the organ measurements when it takes them."""
+    return ["crop", "organ_index"] + (["measurements"] if n_measurements else [])
 
 
 def build_bundle(
@@ -120,8 +129,9 @@ def build_bundle(
 
     segmentation: (module(image[B,1,D,H,W]) -> logits[B,C,D,H,W], preprocessing dict per the spec incl. patch_size),
                   or None for a bundle without a segmenter (the appliance then needs another segmentation model).
-    organ_encoder: (module(crop[B,1,d,h,w], organ_index[B]) -> embedding[B,E], meta with "input_shape" [d,h,w]
-                   and optionally "preprocessing"/"extra" dicts).
+    organ_encoder: (module(crop[B,1,d,h,w], organ_index[B][, measurements[B,K]]) -> embedding[B,E], meta with
+                   "input_shape" [d,h,w] and optionally "preprocessing"/"extra" dicts; preprocessing
+                   "n_measurements" K > 0 adds the measurements input).
     text_encoder: (module(input_ids[B,T], attention_mask[B,T]) -> embedding[B,E], tokenizer.json path, max_length).
     """
     import torch
@@ -154,11 +164,16 @@ def build_bundle(
         # ---- organ encoder
         enc_mod, enc_meta = organ_encoder
         shape = [int(x) for x in enc_meta["input_shape"]]
-        log(f"exporting organ encoder (input {shape})")
+        n_meas = int(dict(enc_meta.get("preprocessing", {})).get("n_measurements", 0))
+        log(f"exporting organ encoder (input {shape}{f', {n_meas} measurements' if n_meas else ''})")
         ex = (torch.zeros((2, 1, *shape), dtype=torch.float32), torch.tensor([0, 1], dtype=torch.int64))
-        export_onnx(enc_mod, ex, work / ENC_FILE, input_names=["crop", "organ_index"], output_names=["embedding"],
-                    dynamic_axes={"crop": {0: "batch"}, "organ_index": {0: "batch"}})
-        batches = parity_inputs.get("organ_encoder") or _random_batches("organ_encoder", shape)
+        if n_meas:  # varied rows: BatchNorm in eval mode is affine, but a zero example could hide a wrong wiring
+            ex = ex + (torch.rand((2, n_meas), dtype=torch.float32),)
+        names = encoder_inputs(n_meas)
+        export_onnx(enc_mod, ex, work / ENC_FILE, input_names=names, output_names=["embedding"],
+                    dynamic_axes={n: {0: "batch"} for n in names})
+        batches = parity_inputs.get("organ_encoder") or _random_batches("organ_encoder", shape,
+                                                                        n_measurements=n_meas)
         results.append(_parity.embedding_parity("organ_encoder", enc_mod, ort_session(work / ENC_FILE), batches))
         ins, outs = io_signature(work / ENC_FILE)
         pre = {"input_shape": shape, **dict(enc_meta.get("preprocessing", {}))}

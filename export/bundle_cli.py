@@ -66,7 +66,8 @@ def export_from_checkpoints(seg_ckpt: str | Path | None, encoder_ckpt: str | Pat
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     enc, meta = load_encoder(encoder_ckpt)
     shape = [int(v) for v in meta["preprocessing"]["input_shape"]]
-    parity = {"organ_encoder": real_inputs.encoder_batches(shape, limit=parity_crops)}
+    n_meas = int(meta["preprocessing"].get("n_measurements", 0))
+    parity = {"organ_encoder": real_inputs.encoder_batches(shape, limit=parity_crops, n_measurements=n_meas)}
     seg = None
     seg_meta = {}
     if seg_ckpt:
@@ -93,7 +94,9 @@ def export_from_checkpoints(seg_ckpt: str | Path | None, encoder_ckpt: str | Pat
     })
     enc_meta = {"input_shape": shape,
                 "preprocessing": {"encoder_input": "appliance.preprocess.encoder_input",
-                                  "crop_value_range": meta["preprocessing"].get("crop_value_range", [0.0, 1.0])},
+                                  "crop_value_range": meta["preprocessing"].get("crop_value_range", [0.0, 1.0]),
+                                  **({"measurements": meta["preprocessing"]["measurements"],
+                                      "n_measurements": n_meas} if n_meas else {})},
                 "extra": {"embed_dim": (meta.get("model_config") or {}).get("embed_dim")}}
     return build_bundle(out, segmentation=seg, organ_encoder=(enc, enc_meta), text_encoder=text,
                         thresholds=dict(meta.get("thresholds") or {}), logit_scale=float(logit_scale),

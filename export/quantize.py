@@ -84,36 +84,32 @@ def _finding_probs(emb: np.ndarray, findings, prompts: np.ndarray, logit_scale: 
             for f in findings}
 
 
-def test_set(dataset: str | Path, input_shape, split: str = "test", limit: int | None = None):
-    """Real runtime inputs from a pair dataset: (crops [N,1,d,h,w], organ_index [N], organs [N], truth rows)."""
-    from appliance import ontology
-    from appliance.preprocess import encoder_input
-    from trainer.pairs.dataset import USABLE, PairDataset
+def test_set(dataset: str | Path, input_shape, split: str = "test", limit: int | None = None,
+             n_measurements: int = 0):
+    """Real runtime inputs from a pair dataset: (encoder feeds {"crop" [N,1,d,h,w], "organ_index" [N][,
+    "measurements" [N,K]]}, organs [N], truth rows). The bank code is the trainer's, so the crops and measurements
+    are the ones the model was evaluated on."""
+    from trainer.model.data import from_pairs
 
-    idx = {o.name: i for i, o in enumerate(ontology.ORGANS)}
-    xs, oi, organs, truth = [], [], [], []
-    with PairDataset(dataset) as ds:
-        rows = ds.crops(split=split, status=USABLE)
-        if limit:
-            rows = rows[:limit]
-        labels_cache: dict[str, dict] = {}
-        for r in rows:
-            img, _ = ds.load_crop(r["crop_id"])
-            xs.append(encoder_input(img, input_shape))
-            oi.append(idx[r["organ"]])
-            organs.append(r["organ"])
-            if r["study_key"] not in labels_cache:
-                labels_cache[r["study_key"]] = ds.organ_labels(r["study_key"])
-            truth.append(labels_cache[r["study_key"]].get(r["organ"], {"abnormal": False, "findings": []}))
-    if not xs:
+    bank = from_pairs(dataset, input_shape, splits=(split,), limit=limit, with_labels=True,
+                      measurements=bool(n_measurements))
+    if not len(bank):
         raise SystemExit(f"{dataset} has no usable {split} crops; build one (`totalfm synth --seed 2000 ...` then "
                          f"`totalfm train build-pairs`)")
-    return np.stack(xs).astype(np.float32), np.asarray(oi, np.int64), organs, truth
+    from appliance import ontology
+
+    feeds = {"crop": np.stack(bank.x).astype(np.float32), "organ_index": np.asarray(bank.organ, np.int64)}
+    if n_measurements:
+        feeds["measurements"] = np.stack(bank.m).astype(np.float32)
+    organs = [ontology.ORGAN_NAMES[i] for i in bank.organ]
+    truth = [lab or {"abnormal": False, "findings": []} for lab in bank.labels]
+    return feeds, organs, truth
 
 
-def embed(session, x: np.ndarray, oi: np.ndarray, batch: int = 8) -> np.ndarray:
-    return np.concatenate([session.run(["embedding"], {"crop": x[i:i + batch], "organ_index": oi[i:i + batch]})[0]
-                           for i in range(0, len(x), batch)])
+def embed(session, feeds: dict[str, np.ndarray], batch: int = 8) -> np.ndarray:
+    n = len(feeds["crop"])
+    return np.concatenate([session.run(["embedding"], {k: v[i:i + batch] for k, v in feeds.items()})[0]
+                           for i in range(0, n, batch)])
 
 
 def zero_shot_auroc(emb: np.ndarray, organs: list[str], truth: list[dict], findings, prompts, logit_scale) -> dict:
@@ -156,15 +152,16 @@ def add_int8_variants(bundle_dir: str | Path, dataset: str | Path | None, *, tol
                     "threads": threads, "models": {}}
     enc = b.model("organ_encoder")
     shape = enc.preprocessing["input_shape"]
+    n_meas = int(enc.preprocessing.get("n_measurements", 0))
     data = None
     if dataset:
-        data = test_set(dataset, shape, split, limit)
-        log(f"int8 gate on {len(data[0])} {split} crops from {dataset}")
+        data = test_set(dataset, shape, split, limit, n_meas)
+        log(f"int8 gate on {len(data[0]['crop'])} {split} crops from {dataset}")
     fp32_enc = ort_session(enc.path, threads)
     base = None
     if data is not None:
-        emb32 = embed(fp32_enc, data[0], data[1])
-        base = zero_shot_auroc(emb32, data[2], data[3], findings, prompts, b.logit_scale)
+        emb32 = embed(fp32_enc, data[0])
+        base = zero_shot_auroc(emb32, data[1], data[2], findings, prompts, b.logit_scale)
         report["fp32"] = {"macro_auroc": base["macro_auroc"], "n_findings": base["n_findings"]}
     kept = {}
     for name in ("organ_encoder", "text_encoder"):
@@ -183,9 +180,8 @@ def add_int8_variants(bundle_dir: str | Path, dataset: str | Path | None, *, tol
         if name == "organ_encoder":
             from export import real_inputs
 
-            x, oi, _ = (data[0][:4], data[1][:4], None) if data is not None else \
-                real_inputs.organ_crops(tuple(shape))
-            feeds = {"crop": x[:4], "organ_index": oi[:4]}
+            feeds = ({k: v[:4] for k, v in data[0].items()} if data is not None else
+                     real_inputs.encoder_batches(shape, batch=4, limit=4, n_measurements=n_meas)[0])
         else:
             tok = load_tokenizer(root / spec.extra["tokenizer"], spec.extra["max_length"])
             from export.bundle_build import tokenize
@@ -200,16 +196,15 @@ def add_int8_variants(bundle_dir: str | Path, dataset: str | Path | None, *, tol
             entry.update(kept=False, reason="no test split given: AUROC cannot be measured, variant not kept")
         else:
             if name == "organ_encoder":
-                emb8 = embed(s8, data[0], data[1])
-                cos = float(np.min(np.sum(emb8 * embed(fp32_enc, data[0], data[1]), 1)))
-                res = zero_shot_auroc(emb8, data[2], data[3], findings, prompts, b.logit_scale)
+                emb8 = embed(s8, data[0])
+                cos = float(np.min(np.sum(emb8 * emb32, 1)))
+                res = zero_shot_auroc(emb8, data[1], data[2], findings, prompts, b.logit_scale)
             else:
                 tok = load_tokenizer(root / spec.extra["tokenizer"], spec.extra["max_length"])
                 plist = b.provenance.get("prompts") or []
                 p8 = text_embeddings(s8, tok, plist)
                 cos = float(np.min(np.sum(p8 * prompts, 1)))
-                res = zero_shot_auroc(embed(fp32_enc, data[0], data[1]), data[2], data[3], findings, p8,
-                                      b.logit_scale)
+                res = zero_shot_auroc(emb32, data[1], data[2], findings, p8, b.logit_scale)
             delta = res["macro_auroc"] - base["macro_auroc"]
             ok = bool(abs(delta) <= tolerance) if not np.isnan(delta) else False
             entry.update(macro_auroc_int8=res["macro_auroc"], macro_auroc_fp32=base["macro_auroc"],

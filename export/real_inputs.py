@@ -39,30 +39,46 @@ def _scan(name: str):
     raise KeyError(name)
 
 
-def organ_crops(input_shape, scans=("ts_abdomen_pelvis", "ts_upper_abdomen")) -> tuple[np.ndarray, np.ndarray, list]:
-    """-> crops float32 [N,1,d,h,w], organ_index int64 [N], names [(scan, organ)] for every usable crop."""
+def organ_crops(input_shape, scans=("ts_abdomen_pelvis", "ts_upper_abdomen"),
+                measurements: bool = False) -> tuple[np.ndarray, np.ndarray, list] | tuple:
+    """-> crops float32 [N,1,d,h,w], organ_index int64 [N], names [(scan, organ)] for every usable crop; with
+    ``measurements`` also their organ measurements float32 [N,K] (a fourth item)."""
     from appliance import ontology
     from appliance.crops import crop_organs
-    from appliance.preprocess import encoder_input
+    from appliance.preprocess import encoder_input, organ_measurements
 
     idx = {o.name: i for i, o in enumerate(ontology.ORGANS)}
-    xs, oi, names = [], [], []
+    xs, oi, names, ms = [], [], [], []
     for s in scans:
         vol, lab = _scan(s)
         for organ, crop in crop_organs(vol, lab, label_space="totalseg").present().items():
             xs.append(encoder_input(crop, input_shape))
             oi.append(idx[organ])
             names.append((s, organ))
+            if measurements:
+                ms.append(organ_measurements(crop))
     if not xs:
         raise TotalFMError("no usable organ crop in the shared real scans")
-    return np.stack(xs).astype(np.float32), np.asarray(oi, dtype=np.int64), names
+    out = (np.stack(xs).astype(np.float32), np.asarray(oi, dtype=np.int64), names)
+    return out + (np.stack(ms).astype(np.float32),) if measurements else out
 
 
-def encoder_batches(input_shape, batch: int = 4, limit: int | None = None) -> list[dict[str, np.ndarray]]:
-    x, oi, _ = organ_crops(tuple(int(v) for v in input_shape))
+def encoder_batches(input_shape, batch: int = 4, limit: int | None = None,
+                    n_measurements: int = 0) -> list[dict[str, np.ndarray]]:
+    """Feeds for the organ encoder from the real scans (crop, organ_index, and measurements when it takes them)."""
+    got = organ_crops(tuple(int(v) for v in input_shape), measurements=bool(n_measurements))
+    x, oi = got[0], got[1]
+    m = got[3] if n_measurements else None
     if limit:
         x, oi = x[:limit], oi[:limit]
-    return [{"crop": x[i:i + batch], "organ_index": oi[i:i + batch]} for i in range(0, len(x), batch)]
+        m = m[:limit] if m is not None else None
+    out = []
+    for i in range(0, len(x), batch):
+        feeds = {"crop": x[i:i + batch], "organ_index": oi[i:i + batch]}
+        if m is not None:
+            feeds["measurements"] = m[i:i + batch]
+        out.append(feeds)
+    return out
 
 
 def seg_patches(preprocessing: dict, n: int = 2, scan: str = "ts_abdomen_pelvis") -> np.ndarray:

@@ -35,6 +35,19 @@ def mask_bank(path, split, cache):
         ms = [fit_to_shape(ds.load_crop(r['crop_id'])[1], shape)[None].astype(np.float16)
               for r in ds.crops(split=split, status=USABLE)]
     pickle.dump(ms, open(cache, 'wb')); return ms
+HARD = os.environ.get('MASK') == 'hard'  # session 7: voxels outside the organ mask (dilated DIL grid voxels) set to 0
+if HARD:
+    DIL = int(os.environ.get('DIL', '1'))
+    def hard(xs, ms):
+        out = []
+        for a, b in zip(xs, ms):
+            m = torch.from_numpy(b.astype(np.float32))[None] > 0.5
+            if DIL: m = F.max_pool3d(m.float(), 2 * DIL + 1, 1, DIL) > 0
+            out.append((a * m[0].numpy()).astype(np.float16))
+        return out
+    tr.x = hard(tr.x, mask_bank(sys.argv[3], 'train', f'{cache_dir}/trmask_{tag}.pkl'))
+    te.x = hard(te.x, mask_bank(sys.argv[4], 'test', f'{cache_dir}/probemask_{tag}.pkl'))
+    tag += f'_hard{DIL}'
 if MASK:
     mtr = mask_bank(sys.argv[3], 'train', f'{cache_dir}/trmask_{tag}.pkl')
     mte = mask_bank(sys.argv[4], 'test', f'{cache_dir}/probemask_{tag}.pkl')
@@ -42,6 +55,16 @@ if MASK:
     tr.x = [np.concatenate([a, b]) for a, b in zip(tr.x, mtr)]; te.x = [np.concatenate([a, b]) for a, b in zip(te.x, mte)]
     tag += '_mask'
 
+STATS = os.environ.get('STATS') in ('1', '2')  # session 7: organ measurements (measurement_probe.feats): 1 = one extra
+STATS2 = os.environ.get('STATS') == '2'  # token; 2 = a per-organ linear readout concatenated to the pooled feature
+if STATS:
+    sys.path.insert(0, os.path.dirname(__file__))
+    sys.argv_saved = sys.argv; sys.argv = [sys.argv[0], cache_dir, tag]
+    import measurement_probe as MP  # computes Xtr / Xte on import (banks from cache_dir)
+    sys.argv = sys.argv_saved
+    mu, sd = MP.Xtr.mean(0), MP.Xtr.std(0) + 1e-6
+    str_ = torch.from_numpy(((MP.Xtr - mu) / sd).astype(np.float32)); ste = torch.from_numpy(((MP.Xte - mu) / sd).astype(np.float32))
+    tag += '_stats' + ('2' if STATS2 else '')
 FN = [f.name for f in ontology.CATEGORY_FINDINGS]; FI = {n: i for i, n in enumerate(FN)}
 ORG = {o.name: i for i, o in enumerate(ontology.ORGANS)}
 scored = torch.zeros(16, len(FN))  # which findings are scored in which organ crop
@@ -78,15 +101,19 @@ class Hybrid(nn.Module):
         from trainer.model.vit3d import Block
         s.cnn = Net(); s.proj = nn.Linear(96, 128); s.pos = nn.Parameter(torch.randn(1, 256, 128) * 0.02)
         s.org = nn.Embedding(16, 128); s.blocks = nn.ModuleList(Block(128, 4) for _ in range(2)); s.norm = nn.LayerNorm(128)
-        s.head = nn.Linear(256, len(FN))
-    def forward(s, x, o):
+        s.head = nn.Linear(256 + (128 if STATS2 else 0), len(FN))
+        if STATS: s.stats = nn.Sequential(nn.Linear(str_.shape[1], 128), nn.GELU(), nn.Linear(128, 128))
+        if STATS2: s.ro = nn.Parameter(torch.randn(16, str_.shape[1], 128) * str_.shape[1] ** -0.5)
+    def forward(s, x, o, st=None):
         c = s.cnn
         x = F.gelu(c.bns[0](c.stem(x)))
         for cv, bn in zip(c.convs, c.bns[1:]):
             x = F.max_pool3d(x, (1, 2, 2) if x.shape[2] < 8 else 2); x = F.gelu(bn(cv(x)))
         t = s.proj(x.flatten(2).transpose(1, 2)) + s.pos + s.org(o)[:, None]
+        if STATS and not STATS2: t = torch.cat([(s.stats(st) + s.org(o))[:, None], t], 1)
         for b in s.blocks: t = b(t)
         t = s.norm(t)
+        if STATS2: return s.head(torch.cat([t.mean(1), t.amax(1), torch.einsum('bk,bkd->bd', st, s.ro[o])], 1))
         return s.head(torch.cat([t.mean(1), t.amax(1)], 1))
 if arch.startswith('vit'):
     from trainer.model.vit3d import OrganViT, config_for
@@ -119,7 +146,7 @@ for st in range(steps):
     i = rng.choice(len(xtr), 32, replace=False)
     x = torch.from_numpy(np.stack([xtr[j] for j in i]).astype(np.float32)); o = otr[i]
     m = scored[o]
-    loss = (F.binary_cross_entropy_with_logits(net(x, o), ytr[i], reduction='none', pos_weight=torch.tensor(8.0)) * m).sum() / m.sum()
+    loss = (F.binary_cross_entropy_with_logits(net(x, o, str_[i]) if STATS else net(x, o), ytr[i], reduction='none', pos_weight=torch.tensor(8.0)) * m).sum() / m.sum()
     LR = float(os.environ.get('LR', '2e-3')); WU = int(os.environ.get('WU', '0'))
     for g in opt.param_groups: g['lr'] = LR * min(1.0, (st + 1) / max(1, WU)) * 0.5 * (1 + np.cos(np.pi * st / steps))
     opt.zero_grad(); loss.backward(); opt.step()
@@ -127,7 +154,8 @@ for st in range(steps):
 net.eval(); S = []
 with torch.no_grad():
     for j in range(0, len(te), 32):
-        S.append(torch.sigmoid(net(torch.from_numpy(np.stack(te.x[j:j+32]).astype(np.float32)), ote[j:j+32])))
+        xb = torch.from_numpy(np.stack(te.x[j:j+32]).astype(np.float32))
+        S.append(torch.sigmoid(net(xb, ote[j:j+32], ste[j:j+32]) if STATS else net(xb, ote[j:j+32])))
 S = torch.cat(S).numpy(); out = {}
 for f in ontology.CATEGORY_FINDINGS:
     k = (ote.numpy() == ORG[f.organs[0]]); y = yte.numpy()[k, FI[f.name]]

@@ -29,8 +29,9 @@ def torch_encoders(checkpoint: str | Path):
     tower.eval()
 
     @torch.no_grad()
-    def encode_crops(x, oi):
-        return enc(torch.from_numpy(np.ascontiguousarray(x, np.float32)), torch.from_numpy(oi)).numpy()
+    def encode_crops(x, oi, m=None):
+        meas = torch.from_numpy(np.ascontiguousarray(m, np.float32)) if m is not None else None
+        return enc(torch.from_numpy(np.ascontiguousarray(x, np.float32)), torch.from_numpy(oi), meas).numpy()
 
     @torch.no_grad()
     def embed_texts(texts):
@@ -68,11 +69,13 @@ def bundle_encoders(bundle_path: str | Path, threads: int = 2):
     table = b.prompt_embeddings
     index = {t: i for i, t in enumerate(b.provenance.get("prompts") or [])}
 
-    def encode_crops(x, oi):
+    def encode_crops(x, oi, m=None):
         out = []
         for i in range(0, len(x), 16):
             feeds = {"crop": np.ascontiguousarray(x[i:i + 16], np.float32),
                      "organ_index": np.ascontiguousarray(oi[i:i + 16], np.int64)}
+            if m is not None:
+                feeds["measurements"] = np.ascontiguousarray(m[i:i + 16], np.float32)
             out.append(runner.run(feeds)["embedding"])
         return np.concatenate(out) if out else np.zeros((0, table.shape[1]), np.float32)
 
@@ -83,23 +86,27 @@ def bundle_encoders(bundle_path: str | Path, threads: int = 2):
                              f"{missing[0]!r}: it was exported from another ontology")
         return table[[index[t] for t in texts]]
 
-    meta = {"model_config": {"input_shape": spec.preprocessing["input_shape"], "embed_dim": int(table.shape[1])},
+    meta = {"model_config": {"input_shape": spec.preprocessing["input_shape"], "embed_dim": int(table.shape[1]),
+                             "measurements": int(spec.preprocessing.get("n_measurements", 0))},
             "bundle_id": b.bundle_id, "anchor": b.provenance.get("anchor")}
     return encode_crops, embed_texts, float(b.logit_scale), meta
 
 
-def load_splits(args, input_shape, encode, embed_dim):
+def load_splits(args, input_shape, encode, embed_dim, measurements: bool = False):
+    """Validation and test SplitData from ``--pairs`` or in-process synthetic studies. ``measurements``: the encoder
+    also takes the organ measurements (model_config ``measurements`` > 0)."""
     from trainer.evaluate.zeroshot import split_from_bank
     from trainer.model import data
 
     if args.pairs:
-        bank = data.from_pairs(args.pairs, input_shape, splits=("val", "test"), with_labels=True)
+        bank = data.from_pairs(args.pairs, input_shape, splits=("val", "test"), with_labels=True,
+                               measurements=measurements)
         src = f"pairs:{args.pairs}"
     else:
-        bank = data.from_synth(args.synth_val, 1000 + args.seed, input_shape, kind="analytic", phrasing="train")
-        test = data.from_synth(args.synth_test, 2000 + args.seed, input_shape, kind="analytic", phrasing="heldout")
-        for name in ("x", "organ", "study", "split", "texts", "key", "labels"):
-            getattr(bank, name).extend(getattr(test, name))
+        bank = data.from_synth(args.synth_val, 1000 + args.seed, input_shape, kind="analytic", phrasing="train",
+                               measurements=measurements)
+        bank.extend(data.from_synth(args.synth_test, 2000 + args.seed, input_shape, kind="analytic",
+                                    phrasing="heldout", measurements=measurements))
         src = f"synth:val {args.synth_val}@{1000 + args.seed}, test {args.synth_test}@{2000 + args.seed}"
     val = split_from_bank(bank, "val", encode, embed_dim)
     test = split_from_bank(bank, "test", encode, embed_dim)
@@ -139,7 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         encode, embed_texts, scale, meta = torch_encoders(args.checkpoint)
     cfg = meta["model_config"]
-    val, test, src = load_splits(args, cfg["input_shape"], encode, int(cfg["embed_dim"]))
+    val, test, src = load_splits(args, cfg["input_shape"], encode, int(cfg["embed_dim"]),
+                                 measurements=int(cfg.get("measurements", 0)) > 0)
     specs, prompts = finding_specs(embed_texts)
     res = evaluate(val, test, specs, prompts, scale, n_boot=args.bootstrap, seed=args.seed,
                    organ_rule=args.organ_rule, prompt_supervised=prompt_supervised_findings(meta))

@@ -218,10 +218,11 @@ def evaluate(val: SplitData, test: SplitData, findings: Sequence[FindingSpec], p
 
 
 # ------------------------------------------------------------------------------------------------ embeddings
-def split_from_bank(bank, split: str, encode: Callable[[np.ndarray, np.ndarray], np.ndarray], embed_dim: int,
+def split_from_bank(bank, split: str, encode: Callable[..., np.ndarray], embed_dim: int,
                     batch: int = 32) -> SplitData:
     """CropBank (``trainer.model.data``) rows of one split -> SplitData. ``encode(crops [B,1,d,h,w] float32,
-    organ_index [B] int64) -> [B,E]``. Labels are per crop in the bank; merged per study."""
+    organ_index [B] int64[, measurements [B,K] float32]) -> [B,E]`` (measurements when the bank has them). Labels
+    are per crop in the bank; merged per study."""
     idx = [i for i, s in enumerate(bank.split) if s == split]
     studies = sorted({bank.study[i] for i in idx})
     pos = {s: k for k, s in enumerate(studies)}
@@ -231,7 +232,10 @@ def split_from_bank(bank, split: str, encode: Callable[[np.ndarray, np.ndarray],
         chunk = idx[b:b + batch]
         x = np.stack([bank.x[i].astype(np.float32) for i in chunk])
         oi = np.array([bank.organ[i] for i in chunk], dtype=np.int64)
-        e = np.asarray(encode(x, oi), dtype=np.float32)
+        if getattr(bank, "measurements", False):
+            e = np.asarray(encode(x, oi, np.stack([bank.m[i] for i in chunk])), dtype=np.float32)
+        else:
+            e = np.asarray(encode(x, oi), dtype=np.float32)
         for i, v in zip(chunk, e):
             organ = ontology.ORGAN_NAMES[bank.organ[i]]
             emb[organ][pos[bank.study[i]]] = v

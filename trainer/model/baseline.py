@@ -315,23 +315,15 @@ def main(argv: list[str] | None = None) -> int:
                             "finding_macro_auroc": base_res["macro"]["finding_auroc"], **base_info}}
 
     if args.organ_checkpoint:
-        from trainer.evaluate.cli import prompt_supervised_findings, torch_encoders
-        from trainer.evaluate.zeroshot import split_from_bank
-        from trainer.model import data
+        from trainer.evaluate.cli import load_splits, prompt_supervised_findings, torch_encoders
         from trainer.model.flops import flops_per_study
 
         encode, embed_texts, oscale, meta = torch_encoders(args.organ_checkpoint)
         ocfg = meta["model_config"]
-        if args.pairs:
-            bank = data.from_pairs(args.pairs, ocfg["input_shape"], splits=("val", "test"), with_labels=True)
-        else:
-            bank = data.from_synth(args.synth_val, 1000 + args.seed, ocfg["input_shape"])
-            tb = data.from_synth(args.synth_test, 2000 + args.seed, ocfg["input_shape"], phrasing="heldout")
-            for name in ("x", "organ", "study", "split", "texts", "key", "labels"):
-                getattr(bank, name).extend(getattr(tb, name))
+        oval, otest, _ = load_splits(args, ocfg["input_shape"], encode, ocfg["embed_dim"],
+                                     measurements=int(ocfg.get("measurements", 0)) > 0)
         ospecs, oprompts = finding_specs(embed_texts)
-        ores = evaluate(split_from_bank(bank, "val", encode, ocfg["embed_dim"]),
-                        split_from_bank(bank, "test", encode, ocfg["embed_dim"]), ospecs, oprompts, oscale,
+        ores = evaluate(oval, otest, ospecs, oprompts, oscale,
                         n_boot=args.bootstrap, seed=args.seed, prompt_supervised=prompt_supervised_findings(meta))
         from trainer.model.vit3d import ViTConfig
 

@@ -42,13 +42,17 @@ def git_commit() -> str | None:
 def base_meta(cfg: ViTConfig, *, stage: str, recipe: dict | None = None, data: dict | None = None) -> dict:
     recipes = {o.name: {k: (list(v) if isinstance(v, tuple) else v) for k, v in asdict(o.crop).items()} | {"min_volume_ml": o.min_volume_ml}
                for o in ontology.ORGANS}
+    measurements = {}
+    if cfg.measurements:  # the appliance computes these with the same function (appliance.preprocess)
+        from appliance.preprocess import MEASUREMENTS
+        measurements = {"measurements": MEASUREMENTS, "n_measurements": int(cfg.measurements)}
     return {
         "format": FORMAT, "version": VERSION, "stage": stage,
         "model_config": cfg.to_dict(),
         "ontology": {"version": ontology.ONTOLOGY_VERSION, "fingerprint": ontology.ontology_fingerprint()},
         "organs": [o.name for o in ontology.ORGANS],
         "preprocessing": {"input_shape": list(cfg.input_shape), "encoder_input": "appliance.preprocess.encoder_input",
-                          "crop_value_range": [0.0, 1.0], "recipes": recipes},
+                          "crop_value_range": [0.0, 1.0], "recipes": recipes, **measurements},
         "thresholds": {}, "metrics": {}, "logit_scale": None, "text": None,
         "provenance": {"recipe": recipe, "data": data, "git_commit": git_commit(),
                        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},

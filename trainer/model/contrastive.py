@@ -84,8 +84,8 @@ class CLIPModel(nn.Module):
         ids, mask = self.tokenize(texts)
         return self.text(ids.to(device), mask.to(device))
 
-    def forward(self, crop, organ_index, texts, keys):
-        img = self.image(crop, organ_index)
+    def forward(self, crop, organ_index, texts, keys, measurements=None):
+        img = self.image(crop, organ_index, measurements)
         txt = self.encode_text(texts, crop.device)
         loss, scale = multi_positive_infonce(img, txt, keys, self.logit_scale, groups=organ_index)
         if self.anchor is not None:
@@ -194,7 +194,9 @@ def run(args, recipe: dict) -> dict:
     anchor_weight = float(st.get("anchor_weight", 0.0))
     if anchor_weight > 0:
         model.anchor = PromptAnchor(anchor_weight, int(st.get("anchor_holdout_every", 3)))
-    bank = load_bank(args, cfg)
+    bank = load_bank(args, cfg, measurements=cfg.measurements > 0)
+    if cfg.measurements:  # after any stage-1 init: its checkpoint carries the unfitted (0, 1) statistics
+        image.backbone.measure.fit(torch.from_numpy(np.stack(bank.m)))
     bs = int(args.batch_size or st.get("batch_size", 32))
     batches = organ_batches(bank, bs, seed=args.seed, require_text=True,
                             abnormal_fraction=float(st.get("abnormal_fraction", 0.0)),
@@ -203,7 +205,9 @@ def run(args, recipe: dict) -> dict:
         raise SystemExit("no crop with a report sentence in the training split")
 
     def loss_fn(m, batch, device):
-        loss, scale = m(batch["crop"].to(device), batch["organ_index"].to(device), batch["text"], batch["key"])
+        meas = batch.get("measurements")
+        loss, scale = m(batch["crop"].to(device), batch["organ_index"].to(device), batch["text"], batch["key"],
+                        meas.to(device) if meas is not None else None)
         return loss, {"logit_scale": scale}
 
     lr, text_lr = float(st.get("lr", 1e-3)), float(st.get("text_lr", 2e-5))

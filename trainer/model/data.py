@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from appliance import ontology
-from appliance.preprocess import encoder_input
+from appliance.preprocess import encoder_input, measurements_from_arrays
 
 ORGAN_INDEX = {o.name: i for i, o in enumerate(ontology.ORGANS)}
 POSITIVE = ("positive",)
@@ -32,7 +32,9 @@ NORMALISH = ("normal", "negated")
 @dataclass
 class CropBank:
     input_shape: tuple[int, int, int]
+    measurements: bool = False  # also keep appliance.preprocess organ measurements (encoders that take them)
     x: list[np.ndarray] = field(default_factory=list)  # float16 [1,d,h,w] each
+    m: list[np.ndarray] = field(default_factory=list)  # float32 [N_MEASUREMENTS] each (when measurements)
     organ: list[int] = field(default_factory=list)
     study: list[str] = field(default_factory=list)
     split: list[str] = field(default_factory=list)
@@ -44,8 +46,15 @@ class CropBank:
         return len(self.x)
 
     def add(self, image: np.ndarray, organ: str, study: str, split: str, texts: list[str], key: str,
-            label: dict | None = None):
+            label: dict | None = None, mask: np.ndarray | None = None):
+        """``image``: the windowed crop on its recipe grid; ``mask``: its organ mask (needed with measurements)."""
         self.x.append(encoder_input(image, self.input_shape).astype(np.float16))
+        if self.measurements:
+            if mask is None:
+                raise ValueError(f"a bank with measurements needs the organ mask of each crop ({organ}, {study})")
+            # crops sit on their organ recipe's grid, in the trainer as in the appliance (appliance.crops)
+            spacing = ontology.ORGANS_BY_NAME[organ].crop.spacing_mm
+            self.m.append(measurements_from_arrays(image, mask, spacing, organ))
         self.organ.append(ORGAN_INDEX[organ])
         self.study.append(study)
         self.split.append(split)
@@ -53,12 +62,23 @@ class CropBank:
         self.key.append(key)
         self.labels.append(label or {})
 
+    FIELDS = ("x", "organ", "study", "split", "texts", "key", "labels")
+
+    def fields(self) -> tuple[str, ...]:
+        return self.FIELDS + (("m",) if self.measurements else ())
+
     def subset(self, idx) -> "CropBank":
-        b = CropBank(self.input_shape)
+        b = CropBank(self.input_shape, self.measurements)
         for i in idx:
-            for name in ("x", "organ", "study", "split", "texts", "key", "labels"):
+            for name in self.fields():
                 getattr(b, name).append(getattr(self, name)[i])
         return b
+
+    def extend(self, other: "CropBank") -> None:
+        if other.measurements != self.measurements or tuple(other.input_shape) != tuple(self.input_shape):
+            raise ValueError("cannot merge crop banks built for different encoder inputs")
+        for name in self.fields():
+            getattr(self, name).extend(getattr(other, name))
 
     def where(self, split: str) -> "CropBank":
         return self.subset([i for i, s in enumerate(self.split) if s == split])
@@ -78,9 +98,9 @@ def _key_and_texts(sents: list[tuple[str, str, str | None]]) -> tuple[str, list[
 
 
 def from_pairs(path: str | Path, input_shape, splits=("train",), limit: int | None = None,
-               with_labels: bool = False) -> CropBank:
+               with_labels: bool = False, measurements: bool = False) -> CropBank:
     from trainer.pairs.dataset import USABLE, PairDataset
-    bank = CropBank(tuple(input_shape))
+    bank = CropBank(tuple(input_shape), measurements)
     with PairDataset(path) as ds:
         for split in splits:
             by_crop: dict[int, list] = defaultdict(list)
@@ -91,14 +111,14 @@ def from_pairs(path: str | Path, input_shape, splits=("train",), limit: int | No
             if limit:
                 rows = rows[:limit]
             for r in rows:
-                img, _ = ds.load_crop(r["crop_id"])
+                img, mask = ds.load_crop(r["crop_id"])
                 key, texts = _key_and_texts(by_crop.get(r["crop_id"], []))
                 label = None
                 if with_labels:
                     if r["study_key"] not in labels_cache:
                         labels_cache[r["study_key"]] = ds.organ_labels(r["study_key"])
                     label = labels_cache[r["study_key"]].get(r["organ"])
-                bank.add(img, r["organ"], r["study_key"], split, texts, key, label)
+                bank.add(img, r["organ"], r["study_key"], split, texts, key, label, mask=mask)
     return bank
 
 
@@ -107,11 +127,11 @@ def split_of_seed(seed: int) -> str:
 
 
 def from_synth(n: int, seed: int, input_shape, kind: str = "analytic", phrasing: str = "train",
-               normal_fraction: float = 0.3, shape=None) -> CropBank:
+               normal_fraction: float = 0.3, shape=None, measurements: bool = False) -> CropBank:
     """Generate ``n`` studies in process (no files) and bank their usable crops. Split from the seed range."""
     from appliance.crops import crop_organs
     from trainer.synth.study import generate_study
-    bank = CropBank(tuple(input_shape))
+    bank = CropBank(tuple(input_shape), measurements)
     split = split_of_seed(seed)
     for i in range(n):
         st = generate_study(kind, seed=seed, index=i, phrasing=phrasing, normal_fraction=normal_fraction, shape=shape)
@@ -126,7 +146,8 @@ def from_synth(n: int, seed: int, input_shape, kind: str = "analytic", phrasing:
         for organ, crop in cs.present().items():
             key, texts = _key_and_texts(per_organ.get(organ, []))
             label = {"abnormal": bool(truth_by_organ.get(organ)), "findings": truth_by_organ.get(organ, [])}
-            bank.add(crop.image.array, organ, f"{kind}-{seed}-{i:05d}", split, texts, key, label)
+            bank.add(crop.image.array, organ, f"{kind}-{seed}-{i:05d}", split, texts, key, label,
+                     mask=crop.mask.array)
     return bank
 
 
@@ -216,12 +237,18 @@ class BankDataset(Dataset):
             shifts = tuple(int(s) for s in rng.integers(-1, 2, size=3))
             x = np.roll(x, shifts, axis=(1, 2, 3))
         text = texts[int(rng.integers(len(texts)))] if texts else ""
-        return {"crop": torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
+        item = {"crop": torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)),
                 "organ_index": int(self.bank.organ[i]), "text": text, "key": self.bank.key[i], "index": i}
+        if self.bank.measurements:
+            item["measurements"] = torch.from_numpy(self.bank.m[i])
+        return item
 
 
 def collate(items: list[dict]) -> dict:
-    return {"crop": torch.stack([it["crop"] for it in items]),
-            "organ_index": torch.tensor([it["organ_index"] for it in items], dtype=torch.long),
-            "text": [it["text"] for it in items], "key": [it["key"] for it in items],
-            "index": torch.tensor([it["index"] for it in items], dtype=torch.long)}
+    out = {"crop": torch.stack([it["crop"] for it in items]),
+           "organ_index": torch.tensor([it["organ_index"] for it in items], dtype=torch.long),
+           "text": [it["text"] for it in items], "key": [it["key"] for it in items],
+           "index": torch.tensor([it["index"] for it in items], dtype=torch.long)}
+    if items and "measurements" in items[0]:
+        out["measurements"] = torch.stack([it["measurements"] for it in items])
+    return out

@@ -31,7 +31,8 @@ def analytic_flops_per_crop(cfg: ViTConfig) -> float:
     patch = _conv_stem_flops(cfg) if cfg.stem == "conv" else 2 * cfg.n_tokens * cfg.patch_voxels * d
     per_block = 2 * n * d * 3 * d + 2 * n * n * d * 2 + 2 * n * d * d + 2 * n * d * hidden * 2
     head = 2 * cfg.feature_dim * d + 2 * d * cfg.embed_dim
-    return float(patch + cfg.depth * per_block + head)
+    readout = 2 * cfg.measurements * d  # the organ measurements' linear readout (computing them is numpy, ~10 ms)
+    return float(patch + cfg.depth * per_block + head + readout)
 
 
 def measured_flops_per_crop(cfg: ViTConfig) -> float:
@@ -39,8 +40,9 @@ def measured_flops_per_crop(cfg: ViTConfig) -> float:
     model = OrganEncoder(cfg).eval()
     x = torch.zeros(1, 1, *cfg.input_shape)
     idx = torch.zeros(1, dtype=torch.long)
+    extra = (torch.zeros(1, cfg.measurements),) if cfg.measurements else ()
     with torch.no_grad(), FlopCounterMode(display=False) as fc:
-        model(x, idx)
+        model(x, idx, *extra)
     return float(fc.get_total_flops())
 
 

@@ -25,13 +25,18 @@ from trainer.model.vit3d import ViTConfig, config_for
 def model_config_from_recipe(recipe: dict) -> ViTConfig:
     m = dict(recipe.get("model", {}))
     size = m.pop("size", "tiny")
+    if isinstance(m.get("measurements"), bool):  # the recipe says yes/no; the count is the preprocessing's
+        from appliance.preprocess import N_MEASUREMENTS
+        m["measurements"] = N_MEASUREMENTS if m["measurements"] else 0
     return config_for(size, **m)
 
 
-def load_bank(args, cfg: ViTConfig, splits=("train",)):
+def load_bank(args, cfg: ViTConfig, splits=("train",), measurements: bool = False):
+    """``measurements``: also bank the organ measurements (the contrastive stage of an encoder that takes them; the
+    MAE learns from pixels only)."""
     if args.pairs:
-        return from_pairs(args.pairs, cfg.input_shape, splits=splits)
-    return from_synth(args.synth_n, args.synth_seed, cfg.input_shape)
+        return from_pairs(args.pairs, cfg.input_shape, splits=splits, measurements=measurements)
+    return from_synth(args.synth_n, args.synth_seed, cfg.input_shape, measurements=measurements)
 
 
 def run(args, recipe: dict) -> dict:

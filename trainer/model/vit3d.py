@@ -46,6 +46,13 @@ class ViTConfig:
     # "cls": the CLS token is the feature. "mean_max": mean and max over the patch tokens, concatenated (the max keeps a
     # small lesion that covers a few tokens from being averaged away).
     pool: str = "cls"
+    # > 0: the encoder also takes the organ's measurements (appliance.preprocess.organ_measurements, this many
+    # numbers): standardised, read out by a linear map of the organ's own ([n_organs, K, dim]) and concatenated to
+    # the pooled image feature. Why: in a CPU budget the encoder does not learn density thresholds such as "bright
+    # voxels inside the gallbladder" from pixels, while the measurements carry them. Supervised probe, 300 steps:
+    # pixels 0.607, measurements as an extra token 0.647, this readout 0.717 (docs/results/model.md, session 7).
+    # 0 = pixels only (every checkpoint before session 7).
+    measurements: int = 0
 
     def __post_init__(self):
         self.input_shape = tuple(int(v) for v in self.input_shape)
@@ -59,6 +66,10 @@ class ViTConfig:
             raise ValueError(f"stem must be 'linear' or 'conv', got {self.stem!r}")
         if self.pool not in ("cls", "mean_max"):
             raise ValueError(f"pool must be 'cls' or 'mean_max', got {self.pool!r}")
+        from appliance.preprocess import N_MEASUREMENTS
+        if self.measurements not in (0, N_MEASUREMENTS):
+            raise ValueError(f"measurements must be 0 or {N_MEASUREMENTS} (appliance.preprocess.organ_measurements), "
+                             f"got {self.measurements}")
         if self.stem == "conv" and any(t & (t - 1) for t in self.tubelet):
             raise ValueError(f"the conv stem pools by 2: tubelet sides must be powers of 2, got {self.tubelet}")
 
@@ -78,7 +89,7 @@ class ViTConfig:
     @property
     def feature_dim(self) -> int:
         """Width of the backbone feature the projection head reads."""
-        return 2 * self.dim if self.pool == "mean_max" else self.dim
+        return (2 * self.dim if self.pool == "mean_max" else self.dim) + (self.dim if self.measurements else 0)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -156,6 +167,30 @@ class ConvStem(nn.Module):
         return self.proj(x)
 
 
+class MeasurementReadout(nn.Module):
+    """Organ measurements [B, K] -> [B, dim]: standardised with fixed statistics of the training crops (buffers, set
+    once by the contrastive stage, exported as constants), then a linear map of the crop's own organ. Per organ
+    because the same number means different things in different organs (a 0.6 mean is fat in a liver window and
+    fluid in a bladder one)."""
+
+    def __init__(self, n_organs: int, k: int, dim: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(k))
+        self.register_buffer("std", torch.ones(k))
+        self.weight = nn.Parameter(torch.randn(n_organs, k, dim) * k ** -0.5)
+
+    @torch.no_grad()
+    def fit(self, measurements: torch.Tensor) -> None:
+        """Set the standardisation from training measurements [N, K] (constant columns keep std 1)."""
+        self.mean.copy_(measurements.mean(0))
+        std = measurements.std(0)
+        self.std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
+
+    def forward(self, measurements: torch.Tensor, organ_index: torch.Tensor) -> torch.Tensor:
+        z = (measurements - self.mean) / self.std
+        return torch.bmm(z.unsqueeze(1), self.weight.index_select(0, organ_index)).squeeze(1)
+
+
 class OrganViT(nn.Module):
     """Backbone: ``features(crop, organ_index) -> [B, dim]``; ``tokens(...)`` for the MAE (visible subset)."""
 
@@ -169,6 +204,7 @@ class OrganViT(nn.Module):
         self.organ = nn.Embedding(cfg.n_organs, cfg.dim)
         self.blocks = nn.ModuleList(Block(cfg.dim, cfg.heads, cfg.mlp_ratio, cfg.dropout) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(cfg.dim)
+        self.measure = MeasurementReadout(cfg.n_organs, cfg.measurements, cfg.dim) if cfg.measurements else None
         nn.init.trunc_normal_(self.pos, std=0.02)
         nn.init.trunc_normal_(self.cls, std=0.02)
         nn.init.normal_(self.organ.weight, std=0.02)
@@ -204,11 +240,17 @@ class OrganViT(nn.Module):
             x = blk(x)
         return self.norm(x)
 
-    def forward(self, crop: torch.Tensor, organ_index: torch.Tensor) -> torch.Tensor:
+    def forward(self, crop: torch.Tensor, organ_index: torch.Tensor,
+                measurements: torch.Tensor | None = None) -> torch.Tensor:
+        if (self.measure is None) != (measurements is None):
+            raise ValueError(f"this encoder needs the organ measurements ({self.cfg.measurements} numbers per crop)"
+                             if measurements is None else
+                             "this encoder was built without measurements (ViTConfig.measurements = 0)")
         x = self.encode_tokens(self.embed(crop), organ_index)
-        if self.cfg.pool == "mean_max":
-            return torch.cat([x[:, 1:].mean(1), x[:, 1:].amax(1)], dim=-1)
-        return x[:, 0]
+        f = torch.cat([x[:, 1:].mean(1), x[:, 1:].amax(1)], dim=-1) if self.cfg.pool == "mean_max" else x[:, 0]
+        if self.measure is not None:
+            f = torch.cat([f, self.measure(measurements, organ_index)], dim=-1)
+        return f
 
 
 class OrganEncoder(nn.Module):
@@ -220,8 +262,9 @@ class OrganEncoder(nn.Module):
         self.backbone = OrganViT(cfg)
         self.head = nn.Sequential(nn.Linear(cfg.feature_dim, cfg.dim), nn.GELU(), nn.Linear(cfg.dim, cfg.embed_dim))
 
-    def forward(self, crop: torch.Tensor, organ_index: torch.Tensor) -> torch.Tensor:
-        z = self.head(self.backbone(crop, organ_index))
+    def forward(self, crop: torch.Tensor, organ_index: torch.Tensor,
+                measurements: torch.Tensor | None = None) -> torch.Tensor:
+        z = self.head(self.backbone(crop, organ_index, measurements))
         return F.normalize(z, dim=-1)
 
 

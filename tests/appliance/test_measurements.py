@@ -1,0 +1,78 @@
+"""appliance.preprocess.organ_measurements: the organ encoder's second input, on hand-made crops with known answers
+and on real crops, where the trainer's path (stored arrays + recipe spacing) must give the very same numbers."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from appliance import ontology
+from appliance.errors import TotalFMError
+from appliance.preprocess import (HIST_BINS, N_MEASUREMENTS, PERCENTILES, measurements_from_arrays,
+                                  organ_measurements)
+from appliance.volume import Volume
+
+
+def _crop(image, mask, spacing=(2.0, 1.0, 1.0), organ="spleen"):
+    return type("Crop", (), {"image": Volume(image, spacing), "mask": Volume(mask, spacing), "organ": organ,
+                             "status": "ok"})()
+
+
+def test_known_box_gives_known_volume_intensities_and_shell():
+    img = np.full((20, 40, 40), 0.2, np.float32)  # surroundings: bin 3 of 16
+    mask = np.zeros(img.shape, np.uint8)
+    mask[5:15, 10:30, 10:30] = 1  # 10 x 20 x 20 voxels of 2 x 1 x 1 mm = 8 mL
+    img[mask > 0] = 0.55  # organ: bin 8
+    img[6, 12, 12] = 0.97  # one bright voxel inside (a "stone"): the max and the top bin see it
+    v = organ_measurements(_crop(img, mask))
+    assert v.shape == (N_MEASUREMENTS,) and v.dtype == np.float32
+    n = 10 * 20 * 20
+    assert v[0] == pytest.approx(np.log1p(8.0) / 8.0, rel=1e-6)
+    assert v[1] == pytest.approx((0.55 * (n - 1) + 0.97) / n, rel=1e-5)  # mean
+    assert v[3] == pytest.approx(0.97)  # max
+    pct = v[4:4 + len(PERCENTILES)]
+    assert pct[2] == pytest.approx(0.55)  # median
+    inside = v[4 + len(PERCENTILES):4 + len(PERCENTILES) + HIST_BINS]
+    assert inside[8] == pytest.approx((n - 1) / n) and inside[15] == pytest.approx(1 / n)
+    shell = v[4 + len(PERCENTILES) + HIST_BINS:-1]
+    assert shell[3] == pytest.approx(1.0) and v[-1] == pytest.approx(0.2)  # the 5 mm shell is all surroundings
+
+
+def test_fluid_around_the_organ_shows_in_the_shell_only():
+    img = np.full((20, 40, 40), 0.2, np.float32)
+    mask = np.zeros(img.shape, np.uint8)
+    mask[5:15, 10:30, 10:30] = 1
+    img[mask > 0] = 0.55
+    dry = organ_measurements(_crop(img, mask))
+    wet = img.copy()
+    wet[5:15, 30:33, 10:30] = 0.45  # a fluid rim just outside the organ (within 5 mm)
+    got = organ_measurements(_crop(wet, mask))
+    n_in = 4 + len(PERCENTILES) + HIST_BINS
+    np.testing.assert_array_equal(got[:n_in], dry[:n_in])
+    assert got[n_in + 7] > 0.05 and dry[n_in + 7] == 0.0  # bin of 0.45
+
+
+def test_bad_crops_are_refused():
+    img = np.zeros((4, 4, 4), np.float32)
+    with pytest.raises(TotalFMError, match="empty mask"):
+        organ_measurements(_crop(img, np.zeros((4, 4, 4), np.uint8)))
+    with pytest.raises(TotalFMError, match="differs"):
+        measurements_from_arrays(img, np.ones((4, 4, 5), np.uint8), (1, 1, 1))
+    with pytest.raises(TotalFMError, match="no image or mask"):
+        organ_measurements(type("C", (), {"image": None, "mask": None, "organ": "liver", "status": "absent"})())
+
+
+def test_trainer_path_equals_appliance_path_on_real_crops(real_ct):
+    """The trainer measures stored crop arrays with the organ recipe's spacing; the appliance measures the OrganCrop.
+    Both must produce identical bytes."""
+    from appliance.crops import crop_organs
+    from appliance.nifti_io import read_nifti
+
+    d = real_ct / "ts_upper_abdomen"
+    crops = crop_organs(read_nifti(d / "ct.nii.gz"), read_nifti(d / "seg_totalsegmentator_fast.nii.gz")).present()
+    assert len(crops) >= 5
+    for organ, c in crops.items():
+        a = organ_measurements(c)
+        b = measurements_from_arrays(np.asarray(c.image.array), np.asarray(c.mask.array),
+                                     ontology.ORGANS_BY_NAME[organ].crop.spacing_mm, organ)
+        assert np.all(np.isfinite(a)) and a.tobytes() == b.tobytes(), organ

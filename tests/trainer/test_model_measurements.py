@@ -1,0 +1,122 @@
+"""Organ measurements as the encoder's second input (ViTConfig.measurements): the model uses them, the contrastive
+stage and `train eval` feed them, the exported bundle takes them as a third graph input with parity on real crops,
+and the appliance's encode stage gives the torch embeddings."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+torch.set_num_threads(1)
+
+from appliance.preprocess import MEASUREMENTS, N_MEASUREMENTS  # noqa: E402
+from trainer.model.vit3d import OrganEncoder, ViTConfig  # noqa: E402
+
+SMALL = dict(input_shape=(8, 32, 32), tubelet=(4, 8, 8), dim=32, depth=1, heads=2, embed_dim=16, stem="conv",
+             pool="mean_max")
+
+
+def test_the_encoder_uses_its_measurements_and_asks_for_them():
+    torch.manual_seed(0)
+    m = OrganEncoder(ViTConfig(**SMALL, measurements=N_MEASUREMENTS)).eval()
+    x, oi = torch.rand(2, 1, 8, 32, 32), torch.tensor([0, 4])
+    a, b = torch.rand(2, N_MEASUREMENTS), torch.rand(2, N_MEASUREMENTS)
+    with torch.no_grad():
+        assert not torch.allclose(m(x, oi, a), m(x, oi, b))  # same pixels, other measurements: other embedding
+    with pytest.raises(ValueError, match="needs the organ measurements"):
+        m(x, oi)
+    with pytest.raises(ValueError, match="without measurements"):
+        OrganEncoder(ViTConfig(**SMALL)).eval()(x, oi, a)
+    with pytest.raises(ValueError, match=f"0 or {N_MEASUREMENTS}"):
+        ViTConfig(**SMALL, measurements=7)
+    assert ViTConfig.from_dict({"input_shape": [16, 64, 64]}).measurements == 0  # older checkpoints: pixels only
+
+
+def test_readout_is_per_organ_and_standardised_with_the_training_statistics():
+    from trainer.model.vit3d import MeasurementReadout
+
+    r = MeasurementReadout(3, 2, 4)
+    train = torch.tensor([[1.0, 5.0], [3.0, 5.0], [5.0, 5.0]])  # second column constant: its std stays 1
+    r.fit(train)
+    np.testing.assert_allclose(r.mean.numpy(), [3.0, 5.0])
+    np.testing.assert_allclose(r.std.numpy(), [2.0, 1.0])
+    m = torch.tensor([[5.0, 5.0], [5.0, 5.0]])
+    out = r(m, torch.tensor([0, 2]))
+    torch.testing.assert_close(out[0], r.weight[0, 0])  # z = (1, 0): the first row of organ 0's map
+    torch.testing.assert_close(out[1], r.weight[2, 0])
+
+
+def test_flops_count_the_readout():
+    from trainer.model.flops import analytic_flops_per_crop, measured_flops_per_crop
+
+    cfg = ViTConfig(**SMALL, measurements=N_MEASUREMENTS)
+    a, m = analytic_flops_per_crop(cfg), measured_flops_per_crop(cfg)
+    assert abs(a - m) / m < 0.02 and a > analytic_flops_per_crop(ViTConfig(**SMALL))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A 2-step contrastive stage with measurements on 2 in-process synthetic studies (the real code path)."""
+    from trainer.model.contrastive import main
+
+    d = tmp_path_factory.mktemp("meas")
+    (d / "r.toml").write_text(
+        'name = "t"\n[model]\nsize = "tiny"\ninput_shape = [8, 32, 32]\ntubelet = [4, 8, 8]\ndim = 32\ndepth = 1\n'
+        'heads = 2\nembed_dim = 32\nstem = "conv"\npool = "mean_max"\nmeasurements = true\n'
+        '[contrastive]\nbatch_size = 8\nlr = 1e-3\nanchor_weight = 1.0\n')
+    assert main(["--recipe", str(d / "r.toml"), "--synth-n", "2", "--out", str(d / "run"), "--steps", "2",
+                 "--threads", "1", "--init", "scratch"]) == 0
+    return d
+
+
+def test_contrastive_checkpoint_declares_the_measurements(trained):
+    from trainer.model import checkpoint as ckptmod
+
+    ck = ckptmod.read(trained / "run" / "final.pt")
+    std = ck["encoder"]["backbone.measure.std"]
+    assert (std != 1).any() and torch.isfinite(std).all()  # standardisation fitted on the training crops
+    assert ck["model_config"]["measurements"] == N_MEASUREMENTS
+    assert ck["preprocessing"]["measurements"] == MEASUREMENTS
+    assert ck["preprocessing"]["n_measurements"] == N_MEASUREMENTS
+
+
+def test_eval_feeds_the_measurements(trained):
+    from trainer.evaluate.cli import main
+
+    out = trained / "eval"
+    assert main(["--checkpoint", str(trained / "run" / "final.pt"), "--synth-val", "2", "--synth-test", "2",
+                 "--out", str(out), "--bootstrap", "10", "--threads", "1"]) == 0
+    assert json.loads((out / "eval.json").read_text())["n_studies"] == {"val": 2, "test": 2}
+
+
+def test_bundle_takes_measurements_and_the_appliance_encodes_like_torch(trained, shared_data):
+    from appliance.backends import open_model
+    from appliance.bundle import load_bundle
+    from appliance.crops import crop_organs
+    from appliance.pipeline import encode_stage
+    from appliance.preprocess import encoder_input, organ_measurements
+    from export.bundle_cli import export_from_checkpoints
+    from export.real_inputs import _scan
+    from trainer.model.checkpoint import load_encoder
+
+    out = export_from_checkpoints(None, trained / "run" / "final.pt", trained / "bundle", log=lambda s: None)
+    b = load_bundle(out)
+    spec = b.model("organ_encoder")
+    assert [i["name"] for i in spec.inputs] == ["crop", "organ_index", "measurements"]
+    assert spec.preprocessing["n_measurements"] == N_MEASUREMENTS
+    par = b.provenance["parity"]["organ_encoder"]
+    assert par["value"] >= 0.9999 and par["n"] >= 20  # real crops with their real measurements
+
+    crops = crop_organs(*_scan("ts_upper_abdomen"), label_space="totalseg")
+    got = encode_stage(crops, open_model(spec.path, backend="cpu", threads=1), spec.preprocessing["input_shape"],
+                       b.organs, measurements=True)
+    enc, _ = load_encoder(trained / "run" / "final.pt")
+    enc.eval()
+    for organ, c in crops.present().items():
+        with torch.no_grad():
+            t = enc(torch.from_numpy(encoder_input(c, spec.preprocessing["input_shape"])[None]),
+                    torch.tensor([b.organs.index(organ)]),
+                    torch.from_numpy(organ_measurements(c)[None])).numpy()[0]
+        assert float(np.dot(got[organ], t)) >= 0.9999, organ
