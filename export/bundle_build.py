@@ -167,7 +167,7 @@ def build_bundle(
         n_meas = int(dict(enc_meta.get("preprocessing", {})).get("n_measurements", 0))
         log(f"exporting organ encoder (input {shape}{f', {n_meas} measurements' if n_meas else ''})")
         ex = (torch.zeros((2, 1, *shape), dtype=torch.float32), torch.tensor([0, 1], dtype=torch.int64))
-        if n_meas:  # varied rows: BatchNorm in eval mode is affine, but a zero example could hide a wrong wiring
+        if n_meas:  # random rows, not zeros: a zero example would pass a graph that ignores the standardisation
             ex = ex + (torch.rand((2, n_meas), dtype=torch.float32),)
         names = encoder_inputs(n_meas)
         export_onnx(enc_mod, ex, work / ENC_FILE, input_names=names, output_names=["embedding"],

@@ -40,7 +40,7 @@ def _scan(name: str):
 
 
 def organ_crops(input_shape, scans=("ts_abdomen_pelvis", "ts_upper_abdomen"),
-                measurements: bool = False) -> tuple[np.ndarray, np.ndarray, list] | tuple:
+                measurements: bool = False) -> tuple:
     """-> crops float32 [N,1,d,h,w], organ_index int64 [N], names [(scan, organ)] for every usable crop; with
     ``measurements`` also their organ measurements float32 [N,K] (a fourth item)."""
     from appliance import ontology

@@ -170,8 +170,8 @@ class ConvStem(nn.Module):
 class MeasurementReadout(nn.Module):
     """Organ measurements [B, K] -> [B, dim]: standardised with fixed statistics of the training crops (buffers, set
     once by the contrastive stage, exported as constants), then a linear map of the crop's own organ. Per organ
-    because the same number means different things in different organs (a 0.6 mean is fat in a liver window and
-    fluid in a bladder one)."""
+    because the same number means different things in different organs: each has its own HU window and its own
+    normal volume and density."""
 
     def __init__(self, n_organs: int, k: int, dim: int):
         super().__init__()
