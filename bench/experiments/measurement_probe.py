@@ -28,7 +28,27 @@ def feats(x, m):
     q = np.percentile(v, [1, 10, 50, 90, 99]); return np.concatenate([[np.log1p(m.sum()), v.mean(), v.std(), v.max()], q, h, hs, [s.mean()]])
 
 
+def focal(x, m):
+    """FOCAL=1: the largest hypo- and hyperdense blob inside the mask (smoothed image vs the organ median): log size
+    and contrast of each, at two thresholds."""
+    from scipy import ndimage
+    x = ndimage.gaussian_filter(x[0].astype(np.float32), 1.0); m = m[0].astype(np.float32) > 0.5
+    if not m.any(): return np.zeros(8)
+    med = np.median(x[m]); out = []
+    for t in (0.04, 0.08):
+        for sign in (-1, 1):
+            b = m & (sign * (x - med) > t)
+            cc, n = ndimage.label(b)
+            if n == 0: out += [0.0, 0.0]; continue
+            sz = np.bincount(cc.ravel())[1:]; k = int(np.argmax(sz)) + 1
+            out += [np.log1p(sz.max()), float(np.abs(x[cc == k] - med).mean())]
+    return np.array(out)
+
+
 Xtr = np.stack([feats(a, b) for a, b in zip(tr.x, mtr)]); Xte = np.stack([feats(a, b) for a, b in zip(te.x, mte)])
+if __import__('os').environ.get('FOCAL') == '1':
+    Xtr = np.concatenate([Xtr, np.stack([focal(a, b) for a, b in zip(tr.x, mtr)])], 1)
+    Xte = np.concatenate([Xte, np.stack([focal(a, b) for a, b in zip(te.x, mte)])], 1)
 FN = [f.name for f in ontology.CATEGORY_FINDINGS]; ORG = {o.name: i for i, o in enumerate(ontology.ORGANS)}
 otr, ote = np.array(tr.organ), np.array(te.organ)
 ytr_keys = [set(k.split('+')) for k in tr.key]
