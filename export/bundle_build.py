@@ -93,16 +93,17 @@ def prompt_table() -> tuple[list[str], list[dict]]:
     return prompts, rows
 
 
-def _random_batches(kind: str, shape: list[int], n_organs: int = len(ontology.ORGANS), seed: int = 0,
-                    n_measurements: int = 0):
+def random_batches(kind: str, shape: list[int], n_organs: int = len(ontology.ORGANS), seed: int = 0,
+                   n_measurements: int = 0, batch: int = 2) -> list[dict[str, np.ndarray]]:
+    """One seeded random batch of model feeds: where no real inputs exist (export parity, a bare GPU host)."""
     rng = np.random.default_rng(seed)
     if kind == "segmentation":
-        return [{"image": rng.standard_normal((2, 1, *shape)).astype(np.float32)}]
-    batch = {"crop": rng.random((2, 1, *shape), dtype=np.float32),
-             "organ_index": rng.integers(0, n_organs, 2).astype(np.int64)}
+        return [{"image": rng.standard_normal((batch, 1, *shape)).astype(np.float32)}]
+    feeds = {"crop": rng.random((batch, 1, *shape), dtype=np.float32),
+             "organ_index": rng.integers(0, n_organs, batch).astype(np.int64)}
     if n_measurements:
-        batch["measurements"] = rng.random((2, n_measurements), dtype=np.float32)
-    return [batch]
+        feeds["measurements"] = rng.random((batch, n_measurements), dtype=np.float32)
+    return [feeds]
 
 
 def encoder_inputs(n_measurements: int) -> list[str]:
@@ -154,7 +155,7 @@ def build_bundle(
             ex = torch.zeros((2, 1, *patch), dtype=torch.float32)
             export_onnx(seg_mod, (ex,), work / SEG_FILE, input_names=["image"], output_names=["logits"],
                         dynamic_axes={"image": {0: "batch"}})
-            batches = parity_inputs.get("segmentation") or _random_batches("segmentation", patch)
+            batches = parity_inputs.get("segmentation") or random_batches("segmentation", patch)
             results.append(_parity.segmentation_parity("segmentation", seg_mod, ort_session(work / SEG_FILE),
                                                        batches))
             ins, outs = io_signature(work / SEG_FILE)
@@ -172,7 +173,7 @@ def build_bundle(
         names = encoder_inputs(n_meas)
         export_onnx(enc_mod, ex, work / ENC_FILE, input_names=names, output_names=["embedding"],
                     dynamic_axes={n: {0: "batch"} for n in names})
-        batches = parity_inputs.get("organ_encoder") or _random_batches("organ_encoder", shape,
+        batches = parity_inputs.get("organ_encoder") or random_batches("organ_encoder", shape,
                                                                         n_measurements=n_meas)
         results.append(_parity.embedding_parity("organ_encoder", enc_mod, ort_session(work / ENC_FILE), batches))
         ins, outs = io_signature(work / ENC_FILE)

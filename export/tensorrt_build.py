@@ -68,10 +68,9 @@ def _parity_feeds(bundle, name: str) -> list[dict[str, np.ndarray]]:
     """Real inputs where the shared data is present; seeded random ones otherwise (e.g. on a bare GPU host)."""
     from appliance.errors import TotalFMError
     from export import real_inputs
-    from export.bundle_build import load_tokenizer, tokenize
+    from export.bundle_build import load_tokenizer, random_batches, tokenize
 
     spec = bundle.model(name)
-    rng = np.random.default_rng(0)
     n_meas = int(spec.preprocessing.get("n_measurements", 0))
     try:
         if name == "segmentation":
@@ -80,12 +79,9 @@ def _parity_feeds(bundle, name: str) -> list[dict[str, np.ndarray]]:
             return real_inputs.encoder_batches(spec.preprocessing["input_shape"], batch=8, n_measurements=n_meas)
     except TotalFMError:
         if name == "segmentation":
-            return [{"image": rng.standard_normal((2, 1, *spec.preprocessing["patch_size"])).astype(np.float32)}]
-        feeds = {"crop": rng.random((8, 1, *spec.preprocessing["input_shape"]), dtype=np.float32),
-                 "organ_index": rng.integers(0, len(bundle.organs), 8).astype(np.int64)}
-        if n_meas:
-            feeds["measurements"] = rng.random((8, n_meas), dtype=np.float32)
-        return [feeds]
+            return random_batches("segmentation", spec.preprocessing["patch_size"])
+        return random_batches("organ_encoder", spec.preprocessing["input_shape"], len(bundle.organs),
+                              n_measurements=n_meas, batch=8)
     tok = load_tokenizer(bundle.root / spec.extra["tokenizer"], spec.extra["max_length"])
     prompts = bundle.provenance.get("prompts") or [p for f in bundle.findings for p in f.positive_prompts]
     out = []
