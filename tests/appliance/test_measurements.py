@@ -8,7 +8,7 @@ import pytest
 
 from appliance import ontology
 from appliance.errors import TotalFMError
-from appliance.preprocess import (HIST_BINS, N_MEASUREMENTS, PERCENTILES, measurements_from_arrays,
+from appliance.preprocess import (HIST_BINS, MEASUREMENTS, N_MEASUREMENTS, PERCENTILES, measurements_from_arrays,
                                   organ_measurements)
 from appliance.volume import Volume
 
@@ -76,3 +76,17 @@ def test_trainer_path_equals_appliance_path_on_real_crops(real_ct):
         b = measurements_from_arrays(np.asarray(c.image.array), np.asarray(c.mask.array),
                                      ontology.ORGANS_BY_NAME[organ].crop.spacing_mm, organ)
         assert np.all(np.isfinite(a)) and a.tobytes() == b.tobytes(), organ
+
+
+def test_a_bundle_trained_on_other_measurements_is_refused_with_a_fix_it_message():
+    """The encoder's measurement input is part of the bundle contract: another version or count must stop the
+    pipeline at load time, not feed the model numbers it was not trained on."""
+    from appliance.pipeline import Pipeline
+
+    bundle = type("B", (), {"bundle_id": "site-bundle-7"})()
+    assert Pipeline._check_measurements(bundle, {"input_shape": [16, 64, 64]}) is False  # pixels-only encoder
+    assert Pipeline._check_measurements(bundle, {"measurements": MEASUREMENTS, "n_measurements": N_MEASUREMENTS})
+    for pre in ({"measurements": MEASUREMENTS + "-other", "n_measurements": N_MEASUREMENTS},
+                {"measurements": MEASUREMENTS, "n_measurements": N_MEASUREMENTS + 1}):
+        with pytest.raises(TotalFMError, match="site-bundle-7.*install the software version"):
+            Pipeline._check_measurements(bundle, pre)

@@ -109,3 +109,7 @@ def test_seg_eval_writes_the_postprocess_rule_into_the_checkpoint(tmp_path, monk
     assert torch.load(p, weights_only=False)["metrics"]["dice_postprocess"] == pp2["postprocess"]
     assert evaluate.main([str(p), "--postprocess", "none", "--write-postprocess"]) == 0
     assert "postprocess" not in build_from_checkpoint(p)[1]
+    before = p.read_bytes()
+    with pytest.raises(SystemExit):  # nothing to write: refused before any evaluation, checkpoint untouched
+        evaluate.main([str(p), "--write-postprocess"])
+    assert p.read_bytes() == before
