@@ -48,7 +48,7 @@ def test_evaluate_separable_and_outputs(tmp_path):
     assert np.isnan(f["renal_cyst"]["auroc"])  # no positives in test -> n/a
     assert "renal_cyst" in res["macro"]["findings_na"]
     assert f["lung_nodule"]["n"] == 0  # lungs never encoded -> not assessable
-    assert res["organs"]["liver"]["f1"] > 0.9 and np.isnan(res["organs"]["kidneys"]["f1"])
+    assert res["organs"]["liver"]["rules"]["any"]["f1"] > 0.9 and np.isnan(res["organs"]["kidneys"]["f1"])
     assert "lungs" not in res["organs"] or res["organs"]["lungs"]["n"] == 0
     assert res["macro"]["organ_f1_n"] == 2
     paths = write_outputs(res, tmp_path, extra={"checkpoint": "x"})
@@ -106,3 +106,31 @@ def test_prompt_supervised_findings_are_flagged_and_kept_out_of_the_zero_shot_ma
     assert "| hepatic_steatosis * |" in md and "| splenomegaly |" in md and "zero-shot findings only" in md
     plain = evaluate(val, test, specs, prompts, logit_scale=20.0, n_boot=20)
     assert "zero_shot_auroc" not in plain["macro"]  # nothing anchored: every figure is zero-shot, no split shown
+
+
+def test_called_organ_rule_is_the_appliance_decision():
+    """Primary organ rule: an organ is abnormal exactly when one of its findings, scored from that organ's crop, is
+    called positive at the finding's own shipped threshold (``appliance.scoring.decide``); a finding whose threshold
+    is NEVER_POSITIVE never makes its organ abnormal."""
+    from appliance.scoring import decide, score_matrix
+    from trainer.evaluate.zeroshot import NEVER_POSITIVE, organ_scores
+    specs, prompts = finding_specs(_text_space)
+    val, test = _split(40, 1, specs, prompts), _split(40, 2, specs, prompts)
+    res = evaluate(val, test, specs, prompts, logit_scale=20.0, n_boot=10)
+    assert res["organ_rule"] == "called" and set(res["organs"]["liver"]["rules"]) == {"called", "any",
+                                                                                      "abnormal_prompt"}
+    thresholds = dict(res["thresholds"])
+    for organ in ("liver", "spleen"):
+        mine = [f for f in specs if organ in f.organs]
+        s = score_matrix({organ: test.embeddings[organ]}, mine, prompts, 20.0)
+        expected = np.array([any(decide(s[i, j], thresholds[f.name]) for j, f in enumerate(mine))
+                             for i in range(len(test))])
+        truth = np.array([lab[organ]["abnormal"] for lab in test.labels])
+        conf = res["organs"][organ]["rules"]["called"]["confusion"]
+        assert conf["tp"] == int((expected & truth).sum()) and conf["fp"] == int((expected & ~truth).sum())
+        assert res["organs"][organ]["threshold_source"] == "finding_thresholds"
+    # the liver called abnormal only through steatosis: silence it and the organ can no longer be called
+    liver = [f.name for f in specs if "liver" in f.organs]
+    muted = {n: (NEVER_POSITIVE if n in liver else t) for n, t in thresholds.items()}
+    called = organ_scores(test, specs, prompts, 20.0, muted)["liver"]["called"]
+    assert not (called >= 0).any()

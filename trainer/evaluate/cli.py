@@ -126,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--bootstrap", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--organ-rule", choices=["any", "abnormal_prompt"], default="any")
+    p.add_argument("--organ-rule", choices=["called", "any", "abnormal_prompt"], default="called",
+                   help="primary organ-abnormal rule (all three are in eval.json); called = what the appliance shows")
     p.add_argument("--no-write-thresholds", action="store_true")
     p.add_argument("--no-plots", action="store_true")
     args = p.parse_args(argv)
@@ -158,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
         from trainer.model import checkpoint as ckptmod
 
         ckptmod.set_thresholds(args.checkpoint, res["thresholds"],
-                               metrics={"macro": res["macro"], "organ_thresholds": res["organ_thresholds"],
+                               metrics={"macro": res["macro"], "organ_rule": res["organ_rule"],
+                                        "organ_thresholds": res["organ_thresholds"],
                                         "data": src})
     m = res["macro"]
     print(json.dumps({"organ_macro_f1": m["organ_f1"], "finding_macro_auroc": m["finding_auroc"],

@@ -13,7 +13,8 @@ from trainer.evaluate.zeroshot import MIN_VAL_AUROC
 
 def _threshold(r: dict) -> str:
     """Threshold cell: the value, flagged when it was not picked by max F1 on validation."""
-    flag = {"default": " (default)", "uninformative_on_val": f" (never positive: val AUROC < {MIN_VAL_AUROC})"}
+    flag = {"default": " (default)", "uninformative_on_val": f" (never positive: val AUROC < {MIN_VAL_AUROC})",
+            "finding_thresholds": " (the findings' own)"}
     return f"{r['threshold']:.3f}{flag.get(r['threshold_source'], '')}"
 
 
@@ -55,12 +56,16 @@ def markdown(res: dict, title: str = "Zero-shot evaluation") -> str:
                 f"**zero-shot findings only: {_num(m['zero_shot_auroc'])}** over {m['zero_shot_auroc_n']}", ""]
                if "zero_shot_auroc" in m else []),
              "## Organ-wise lesion classification (organ abnormal or not)", "",
-             "| organ | F1 [95% CI] | AUROC | threshold (val) | test pos / n | other rule F1 |",
+             f"Rule `called` = what the appliance's draft shows (an organ with a finding above that finding's "
+             f"threshold); `any` = max finding score against an organ threshold; `abnormal_prompt` = the organ's "
+             f"generic prompt alone. Macro F1 by rule: "
+             + ", ".join(f"`{k}` {_num(v)}" for k, v in m.get("organ_f1_by_rule", {}).items()) + ".", "",
+             "| organ | F1 [95% CI] | AUROC | threshold (val) | test pos / n | F1 by rule (called / any / abnormal_prompt) |",
              "| --- | --- | --- | --- | --- | --- |"]
     for organ, r in res["organs"].items():
+        by_rule = " / ".join(_num(v["f1"]) for v in r.get("rules", {}).values())
         lines.append(f"| {organ} | {_num(r['f1'])}{_ci(r['f1_ci'])} | {_num(r['auroc'])} | {_threshold(r)} | "
-                     f"{r['n_pos']} / {r['n']} | "
-                     f"{_num(r['other_rule']['f1'])} |")
+                     f"{r['n_pos']} / {r['n']} | {by_rule} |")
     lines += ["", "## Finding-wise AUROC", "",
               "| finding | organs | AUROC [95% CI] | F1 @ val threshold | threshold | test pos / n | val pos |",
               "| --- | --- | --- | --- | --- | --- | --- |"]
