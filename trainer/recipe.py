@@ -1,7 +1,9 @@
 """Recipes (TOML under trainer/recipes/) and ``totalfm train recipe NAME --out DIR``: the whole training pipeline.
 
-demo: synth (train/val/test by the split rules) -> build-pairs -> pretrain -> contrastive -> eval -> thresholds into
-the checkpoint. Every step records its wall time in OUT/recipe_summary.json.
+demo: synth (train/val/test by the split rules) -> build-pairs -> [pretrain] -> contrastive -> eval -> thresholds into
+the checkpoint. The recipe's ``contrastive.init`` decides whether stage 1 (VideoMAE) runs: "pretrain" runs it and
+starts contrastive from it, "scratch" skips it; ``--ablation`` also trains the other start at the same contrastive
+budget. Every step records its wall time in OUT/recipe_summary.json.
 """
 from __future__ import annotations
 
@@ -92,6 +94,19 @@ def build_pairs(recipe: dict, out: Path) -> dict:
         return ds.summary()
 
 
+INITS = ("pretrain", "scratch")
+
+
+def stage_plan(recipe: dict, ablation: bool = False) -> dict:
+    """-> {"init": the recipe's contrastive start, "pretrain": whether stage 1 runs, "ablation": the other start or
+    None}. Stage 1 runs when either contrastive run starts from it."""
+    init = recipe.get("contrastive", {}).get("init", "pretrain")
+    if init not in INITS:
+        raise SystemExit(f"recipe contrastive.init must be one of {INITS}, not {init!r}")
+    other = (INITS[1] if init == INITS[0] else INITS[0]) if ablation else None
+    return {"init": init, "pretrain": "pretrain" in (init, other), "ablation": other}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="totalfm train recipe", description=__doc__.split("\n")[0])
     p.add_argument("recipe", help="demo | hospital | path/to/recipe.toml")
@@ -99,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pairs", help="use this pair dataset instead of synthesising (hospital: the PACS export)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--ablation", action="store_true",
-                   help="also train contrastive from scratch (same budget) to measure what pre-training brings")
+                   help="also train contrastive from the other start (scratch <-> stage 1), same budget, to "
+                        "measure what pre-training brings")
     p.add_argument("--skip", default="", help="comma list of steps to skip (synth,pairs,pretrain,contrastive,eval)")
     args = p.parse_args(argv)
     recipe = load_recipe(args.recipe)
@@ -121,26 +137,33 @@ def main(argv: list[str] | None = None) -> int:
     from trainer.model.flops import flops_per_study
     from trainer.model.pretrain import main as pretrain_main
     from trainer.model.pretrain import model_config_from_recipe
-    if "pretrain" not in skip:
+    plan = stage_plan(recipe, args.ablation)
+    summary["plan"] = plan
+
+    def init_args(init: str) -> list[str]:
+        return ["--init", init] + (["--from", str(out / "pretrain")] if init == "pretrain" else [])
+
+    if plan["pretrain"] and "pretrain" not in skip:
         _step(summary, "pretrain", out, lambda: pretrain_main(common + ["--out", str(out / "pretrain")]) or
               json.loads((out / "pretrain" / "pretrain_summary.json").read_text()))
     if "contrastive" not in skip:
         _step(summary, "contrastive", out, lambda: contrastive_main(
-            common + ["--out", str(out / "contrastive"), "--init", "pretrain", "--from", str(out / "pretrain")]) or
+            common + ["--out", str(out / "contrastive")] + init_args(plan["init"])) or
             json.loads((out / "contrastive" / "contrastive_summary.json").read_text()))
     if "eval" not in skip:
         _step(summary, "eval", out, lambda: eval_main(
             ["--checkpoint", str(out / "contrastive"), "--pairs", str(pairs), "--out", str(out / "eval"),
              "--bootstrap", str(recipe.get("eval", {}).get("bootstrap", 500)), "--threads", str(args.threads)]) or
             _macro(out / "eval"))
-    if args.ablation:
-        _step(summary, "contrastive_scratch", out, lambda: contrastive_main(
-            common + ["--out", str(out / "contrastive_scratch"), "--init", "scratch"]) or
-            json.loads((out / "contrastive_scratch" / "contrastive_summary.json").read_text()))
-        _step(summary, "eval_scratch", out, lambda: eval_main(
-            ["--checkpoint", str(out / "contrastive_scratch"), "--pairs", str(pairs), "--out",
-             str(out / "eval_scratch"), "--bootstrap", "200", "--threads", str(args.threads)]) or
-            _macro(out / "eval_scratch"))
+    if plan["ablation"]:
+        other = plan["ablation"]
+        _step(summary, f"contrastive_{other}", out, lambda: contrastive_main(
+            common + ["--out", str(out / f"contrastive_{other}")] + init_args(other)) or
+            json.loads((out / f"contrastive_{other}" / "contrastive_summary.json").read_text()))
+        _step(summary, f"eval_{other}", out, lambda: eval_main(
+            ["--checkpoint", str(out / f"contrastive_{other}"), "--pairs", str(pairs), "--out",
+             str(out / f"eval_{other}"), "--bootstrap", "200", "--threads", str(args.threads)]) or
+            _macro(out / f"eval_{other}"))
     summary["flops"] = flops_per_study(model_config_from_recipe(recipe))
     summary["total_seconds"] = round(time.time() - t_all, 1)
     summary["checkpoint"] = str(out / "contrastive" / "final.pt")

@@ -159,3 +159,16 @@ def test_stem_and_pool_are_validated():
     with pytest.raises(ValueError, match="pool"):
         ViTConfig(pool="gem")
     assert ViTConfig.from_dict({"input_shape": [16, 64, 64]}).stem == "linear"  # older checkpoints keep their stem
+
+
+def test_recipe_init_decides_whether_stage_1_runs():
+    from trainer.recipe import stage_plan
+
+    assert stage_plan({"contrastive": {"init": "pretrain"}}) == {"init": "pretrain", "pretrain": True, "ablation": None}
+    assert stage_plan({"contrastive": {"init": "scratch"}}) == {"init": "scratch", "pretrain": False, "ablation": None}
+    # the ablation trains the other start, so stage 1 runs either way
+    assert stage_plan({"contrastive": {"init": "scratch"}}, ablation=True) == {"init": "scratch", "pretrain": True,
+                                                                               "ablation": "pretrain"}
+    assert stage_plan({}, ablation=True)["ablation"] == "scratch"
+    with pytest.raises(SystemExit, match="contrastive.init"):
+        stage_plan({"contrastive": {"init": "videomae"}})

@@ -48,6 +48,23 @@ def test_readout_is_per_organ_and_standardised_with_the_training_statistics():
     torch.testing.assert_close(out[1], r.weight[2, 0])
 
 
+def test_the_readout_trains_at_its_own_learning_rate():
+    """Recipe ``measurement_lr``: the per-organ readout (each organ's slice updated only in batches holding it) has
+    its own optimizer group; every other trainable parameter keeps the shared lr, and nothing is left out."""
+    from trainer.model.contrastive import CLIPModel, new_text_tower, param_groups
+
+    enc = OrganEncoder(ViTConfig(**SMALL, measurements=N_MEASUREMENTS))
+    model = CLIPModel(enc, new_text_tower(16))
+    groups = param_groups(model, 1e-3, 2e-5, 1e-2)
+    readout = {id(p) for p in enc.backbone.measure.parameters()}
+    by_lr = {g["lr"]: {id(p) for p in g["params"]} for g in groups}
+    assert by_lr[1e-2] == readout and not readout & by_lr[1e-3]
+    grouped = set().union(*by_lr.values())
+    assert all(id(p) in grouped for p in model.parameters() if p.requires_grad)
+    pixels_only = param_groups(CLIPModel(OrganEncoder(ViTConfig(**SMALL)), new_text_tower(16)), 1e-3, 2e-5, 1e-2)
+    assert 1e-2 not in {g["lr"] for g in pixels_only}  # no readout, no group of its own
+
+
 def test_flops_count_the_readout():
     from trainer.model.flops import analytic_flops_per_crop, measured_flops_per_crop
 

@@ -149,6 +149,23 @@ class PromptAnchor(nn.Module):
                 "zero_shot": self.held_out}
 
 
+def param_groups(m: "CLIPModel", lr: float, text_lr: float, measurement_lr: float) -> list[dict]:
+    """Optimizer groups: image tower, text projection and temperature at ``lr``; the per-organ measurement readout at
+    ``measurement_lr`` (recipe ``contrastive.measurement_lr``): each organ's slice of it gets a gradient only in the
+    batches that hold that organ (``organs_per_batch`` of 16), so at the shared lr it barely leaves its random start
+    in a CPU budget; the MiniLM body (when unfrozen) at ``text_lr``."""
+    text_base = [p for n, p in m.text.named_parameters() if p.requires_grad and not n.startswith("proj")]
+    text_proj = [p for n, p in m.text.named_parameters() if p.requires_grad and n.startswith("proj")]
+    readout = [p for n, p in m.image.named_parameters() if ".measure." in f".{n}"]
+    image = [p for n, p in m.image.named_parameters() if ".measure." not in f".{n}"]
+    g = [{"params": image + text_proj + [m.logit_scale], "lr": lr}]
+    if readout:
+        g.append({"params": readout, "lr": measurement_lr})
+    if text_base:
+        g.append({"params": text_base, "lr": text_lr})
+    return g
+
+
 def multi_positive_infonce(img, txt, keys, logit_scale, groups=None):
     """Symmetric InfoNCE where every pair with the same label key is a positive. ``groups`` [B] (the organ index):
     only pairs of the same group are compared at all, so a batch of several organs is several same-organ problems."""
@@ -211,14 +228,10 @@ def run(args, recipe: dict) -> dict:
         return loss, {"logit_scale": scale}
 
     lr, text_lr = float(st.get("lr", 1e-3)), float(st.get("text_lr", 2e-5))
+    measure_lr = float(st.get("measurement_lr", lr))
 
     def groups(m: CLIPModel):
-        text_base = [p for n, p in m.text.named_parameters() if p.requires_grad and not n.startswith("proj")]
-        text_proj = [p for n, p in m.text.named_parameters() if p.requires_grad and n.startswith("proj")]
-        g = [{"params": list(m.image.parameters()) + text_proj + [m.logit_scale], "lr": lr}]
-        if text_base:
-            g.append({"params": text_base, "lr": text_lr})
-        return g
+        return param_groups(m, lr, text_lr, measure_lr)
 
     def make_ckpt(m: CLIPModel) -> dict:
         ck = ckptmod.base_meta(cfg, stage="contrastive", recipe=recipe,
