@@ -42,3 +42,14 @@ def test_train_and_evaluate_end_to_end(tmp_path):
     assert ck["model_config"]["stem"] == "conv" and ck["model_config"]["pool"] == "mean_max"
     assert ck["anchor"]["weight"] == 1.0 and ck["anchor"]["prompt_supervised"]
     assert {k for k, v in ev["findings"].items() if v["prompt_supervised"]} == set(ck["anchor"]["prompt_supervised"])
+    # --reuse: the trained baseline evaluated again without training: same weights, same scores, its own run's cost
+    again = tmp_path / "again"
+    assert baseline.main(["--synth-train", "3", "--synth-val", "2", "--synth-test", "2", "--reuse", str(out),
+                          "--out", str(again), "--bootstrap", "10", "--threads", "1"]) == 0
+    s2 = json.loads((again / "baseline_summary.json").read_text())["baseline"]
+    assert (s2["steps"], s2["samples_seen"], s2["train_seconds"]) == (2, 6, s["train_seconds"])
+    assert not (again / "baseline_loss.csv").exists()  # nothing trained
+    ev2 = json.loads((again / "baseline_eval.json").read_text())
+    assert {k: v["auroc"] for k, v in ev2["findings"].items()} == {k: v["auroc"] for k, v in ev["findings"].items()}
+    ck2 = torch.load(again / "baseline.pt", weights_only=False)
+    assert all(torch.equal(ck2["image"][k], v) for k, v in ck["image"].items())

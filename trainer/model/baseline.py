@@ -129,6 +129,31 @@ def build(grid, dim: int, depth: int, heads: int, embed_dim: int, temperature: f
     return model, cfg
 
 
+def load_trained(run_dir: Path) -> dict:
+    """A finished baseline run (``--reuse``): -> {"model", "cfg", "grid", "train"} with the model in eval mode and the
+    training figures (seconds, steps, samples) of the run that produced it, so a comparison against a newer organ
+    model states the baseline's real training cost."""
+    from trainer.model.contrastive import CLIPModel, PromptAnchor, build_text_tower
+    from trainer.model.vit3d import OrganEncoder, ViTConfig
+
+    ck = torch.load(run_dir / "baseline.pt", map_location="cpu", weights_only=False)
+    if ck.get("format") != "totalfm-baseline-ckpt":
+        raise SystemExit(f"{run_dir / 'baseline.pt'} is not a whole-volume baseline checkpoint")
+    cfg = ViTConfig.from_dict(ck["model_config"])
+    image = OrganEncoder(cfg)
+    image.load_state_dict(ck["image"])
+    text = build_text_tower(ck["text"]["config"])
+    text.load_state_dict(ck["text"]["state_dict"])
+    model = CLIPModel(image, text, frozen_text_base=True)
+    with torch.no_grad():
+        model.logit_scale.fill_(math.log(float(ck["logit_scale"])))
+    if ck.get("anchor"):
+        model.anchor = PromptAnchor(float(ck["anchor"]["weight"]), int(ck["anchor"]["holdout_every"]))
+    info = json.loads((run_dir / "baseline_summary.json").read_text())["baseline"]
+    keep = ("train_seconds", "steps", "samples_seen", "final_loss")
+    return {"model": model.eval(), "cfg": cfg, "grid": list(ck["grid"]), "train": {k: info.get(k) for k in keep}}
+
+
 def encoder_gflops(image, cfg) -> float:
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -247,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--reuse", metavar="BASELINE_DIR",
+                   help="do not train: load BASELINE_DIR/baseline.pt (and its training figures from "
+                        "baseline_summary.json) and evaluate and compare it again, e.g. against a new organ model")
     args = p.parse_args(argv)
     if not args.pairs and not (args.synth_train and args.synth_val and args.synth_test):
         p.error("give --pairs DATASET, or --synth-train N --synth-val N --synth-test N")
@@ -264,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         organ_info["samples_seen"] = summ.get("samples_seen")
         organ_info["steps"] = summ.get("steps")
     budget = args.time_budget or organ_info.get("train_seconds")
-    if not budget and not args.max_steps:
+    if not budget and not args.max_steps and not args.reuse:
         p.error("give --time-budget SECONDS or --match-run ORGAN_RUN_DIR (equal wall time), or --max-steps")
     organ_ckpt_meta = None
     if args.organ_checkpoint:
@@ -273,6 +301,9 @@ def main(argv: list[str] | None = None) -> int:
         organ_ckpt_meta = ckptmod.read(args.organ_checkpoint)
     embed_dim = args.embed_dim or (organ_ckpt_meta["model_config"]["embed_dim"] if organ_ckpt_meta else 128)
 
+    reused = load_trained(Path(args.reuse)) if args.reuse else None
+    if reused:
+        args.grid, embed_dim = reused["grid"], int(reused["cfg"].embed_dim)
     t0 = time.time()
     if args.pairs:
         studies = studies_from_pairs(args.pairs, args.grid)
@@ -289,12 +320,15 @@ def main(argv: list[str] | None = None) -> int:
     ocfg0 = (organ_ckpt_meta or {}).get("model_config") or {}
     oanchor = (organ_ckpt_meta or {}).get("anchor") or {}
     anchor_weight = args.anchor_weight if args.anchor_weight is not None else float(oanchor.get("weight", 0.0))
-    model, cfg = build(args.grid, args.dim, args.depth, args.heads, embed_dim, stem=args.stem or
-                       ocfg0.get("stem", "linear"), pool=args.pool or ocfg0.get("pool", "cls"),
-                       anchor_weight=anchor_weight, anchor_holdout_every=int(oanchor.get("holdout_every", 3)))
+    if reused:
+        model, cfg, tr = reused["model"], reused["cfg"], reused["train"]
+    else:
+        model, cfg = build(args.grid, args.dim, args.depth, args.heads, embed_dim, stem=args.stem or
+                           ocfg0.get("stem", "linear"), pool=args.pool or ocfg0.get("pool", "cls"),
+                           anchor_weight=anchor_weight, anchor_holdout_every=int(oanchor.get("holdout_every", 3)))
+        tr = train(model, [s for s in studies if s.split == "train"], time_budget=float(budget or 1e9),
+                   batch_size=args.batch_size, lr=args.lr, seed=args.seed, out_dir=out, max_steps=args.max_steps)
     gflops = encoder_gflops(model.image, cfg)
-    tr = train(model, [s for s in studies if s.split == "train"], time_budget=float(budget or 1e9),
-               batch_size=args.batch_size, lr=args.lr, seed=args.seed, out_dir=out, max_steps=args.max_steps)
     torch.save({"format": "totalfm-baseline-ckpt", "model_config": cfg.to_dict(), "image": model.image.state_dict(),
                 "text": model.text.checkpoint_entry(), "logit_scale": float(model.logit_scale.detach().exp()),
                 "grid": list(args.grid), "hu_window": list(HU_WINDOW), "data": src,
