@@ -53,3 +53,11 @@ def test_train_and_evaluate_end_to_end(tmp_path):
     assert {k: v["auroc"] for k, v in ev2["findings"].items()} == {k: v["auroc"] for k, v in ev["findings"].items()}
     ck2 = torch.load(again / "baseline.pt", weights_only=False)
     assert all(torch.equal(ck2["image"][k], v) for k, v in ck["image"].items())
+
+
+def test_reuse_refuses_what_is_not_a_trained_baseline(tmp_path):
+    torch.save({"format": "totalfm-encoder-ckpt"}, tmp_path / "baseline.pt")
+    with pytest.raises(SystemExit, match="not a whole-volume baseline checkpoint"):
+        baseline.load_trained(tmp_path)
+    with pytest.raises(FileNotFoundError):
+        baseline.load_trained(tmp_path / "missing")
