@@ -209,8 +209,8 @@ def evaluate(val: SplitData, test: SplitData, findings: Sequence[FindingSpec], p
             sv = ov.get(organ, {}).get(rule, np.array([]))
             if rule == "called":  # the findings' own thresholds decide; no organ threshold is fitted
                 thr, src = 0.0, "finding_thresholds"
-                yv, ok_v = organ_truth(val, organ), np.isfinite(sv) if len(sv) else np.zeros(0, bool)
-                vf1 = M.f1_score(yv[ok_v], sv[ok_v], thr) if len(sv) and yv[ok_v].any() else float("nan")
+                yv = organ_truth(val, organ)  # f1_score drops the studies whose organ was not encoded (NaN)
+                vf1 = M.f1_score(yv, sv, thr) if len(sv) and yv[np.isfinite(sv)].any() else float("nan")
             elif len(sv):
                 thr, vf1, src = calibrate(organ_truth(val, organ), sv)
             else:
