@@ -84,9 +84,10 @@ def crop_stage(volume: Volume, labels: Volume, label_space: str) -> CropSet:
 
 
 def encode_stage(crops: CropSet, runner: Runner, input_shape, organ_order: list[str], *,
-                 batch_size: int = 8, measurements: bool = False) -> dict[str, np.ndarray]:
+                 batch_size: int = 8, measurements: str | None = None) -> dict[str, np.ndarray]:
     """Usable crops -> L2-normalised embeddings, organs batched (batch_size organs per encoder call).
-    ``measurements``: the encoder also takes each organ's measurements (bundle preprocessing ``n_measurements``)."""
+    ``measurements``: the version of organ measurements the encoder also takes (bundle preprocessing
+    ``measurements``); None: it takes none."""
     from appliance.preprocess import encoder_input, organ_measurements
 
     usable = [(name, c) for name, c in crops.crops.items() if c.usable and c.status in USABLE]
@@ -97,7 +98,8 @@ def encode_stage(crops: CropSet, runner: Runner, input_shape, organ_order: list[
         idx = np.asarray([organ_order.index(n) for n, _ in chunk], dtype=np.int64)
         feeds = {"crop": x, "organ_index": idx}
         if measurements:
-            feeds["measurements"] = np.stack([organ_measurements(c) for _, c in chunk]).astype(np.float32)
+            feeds["measurements"] = np.stack([organ_measurements(c, measurements) for _, c in chunk]
+                                             ).astype(np.float32)
         res = runner.run(feeds)
         emb = np.asarray(res["embedding"] if "embedding" in res else next(iter(res.values())), dtype=np.float32)
         emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
@@ -201,18 +203,21 @@ class Pipeline:
         return self.seg.backend if self.seg.backend == self.enc.backend else f"{self.seg.backend}+{self.enc.backend}"
 
     @staticmethod
-    def _check_measurements(bundle: Bundle, pre: dict) -> bool:
-        """Does the organ encoder take organ measurements, and are they the ones this software computes?"""
-        from appliance.preprocess import MEASUREMENTS, N_MEASUREMENTS
+    def _check_measurements(bundle: Bundle, pre: dict) -> str | None:
+        """The version of organ measurements the organ encoder takes (None: none), refused unless this software
+        computes that version with that count."""
+        from appliance.preprocess import MEASUREMENT_VERSIONS
 
         n = int(pre.get("n_measurements", 0))
         if not n:
-            return False
-        if pre.get("measurements") != MEASUREMENTS or n != N_MEASUREMENTS:
+            return None
+        version = pre.get("measurements")
+        if MEASUREMENT_VERSIONS.get(version) != n:
+            known = ", ".join(f"{v} ({c})" for v, c in MEASUREMENT_VERSIONS.items())
             raise TotalFMError(f"bundle {bundle.bundle_id}: its organ encoder takes {n} measurements of kind "
-                               f"{pre.get('measurements')!r}, this software computes {N_MEASUREMENTS} of kind "
-                               f"{MEASUREMENTS!r}; install the software version the bundle was built for")
-        return True
+                               f"{version!r}, this software computes {known}; install the software version the "
+                               "bundle was built for")
+        return version
 
     def _open(self, name, spec, backend, threads, variant) -> Runner:
         r = open_model(spec.path, backend, threads, bundle=self.bundle, model_name=name)

@@ -12,6 +12,14 @@ Why: session 6 found the lesion signal in the crops (gallstones: share of voxels
 separates at AUROC 0.98) while the encoders, after a CPU budget of training, still ranked them at chance. A logistic
 regression on these numbers alone reaches macro AUROC 0.82 on the enriched test set (session 7,
 docs/results/model.md). The measurements are taken before any resampling, so a 3 mm stone is not averaged away.
+
+Version 2 (``organ-measurements-v2``, session 9) appends 11 numbers about FOCAL density changes: the crop smoothed at
+3 mm inside the organ mask only (so the organ's border and its surroundings do not count), its deepest dip and
+highest peak against the organ's median, and the share and the largest connected piece (mL) of the organ whose
+smoothed density sits 3 or 6 robust spreads below or above the median. Why: a 1 cm liver lesion is 0.05 % of the
+liver; no histogram or percentile of the whole organ moves, while a smoothed local minimum does. Logistic regression
+per finding, training split -> enriched test: liver lesion 0.71 -> 0.90, lung nodule 0.70 -> 0.85, macro 0.855 ->
+0.872 (docs/results/model.md). Version 1 stays computable: a bundle names the version its encoder was trained with.
 """
 from __future__ import annotations
 
@@ -19,14 +27,45 @@ import numpy as np
 
 from appliance.errors import TotalFMError
 
-__all__ = ["MEASUREMENTS", "N_MEASUREMENTS", "encoder_input", "fit_to_shape", "measurements_from_arrays",
-           "organ_measurements"]
+__all__ = ["MEASUREMENTS", "MEASUREMENT_VERSIONS", "N_MEASUREMENTS", "encoder_input", "fit_to_shape",
+           "measurement_version", "measurements_from_arrays", "measurements_spec", "organ_measurements"]
 
-MEASUREMENTS = "organ-measurements-v1"  # bump when the vector below changes: bundles name the version they expect
 HIST_BINS = 16
 SHELL_MM = 5.0
 PERCENTILES = (1, 10, 50, 90, 99)
-N_MEASUREMENTS = 4 + len(PERCENTILES) + 2 * HIST_BINS + 1
+FOCAL_SIGMA_MM = 3.0  # smoothing scale of the focal measurements: a lesion of ~5 mm and more survives, noise does not
+FOCAL_K = (3.0, 6.0)  # robust spreads from the organ median
+FOCAL_MIN_DELTA = 0.02  # ... and at least 2 % of the organ's window (a uniform phantom organ has a spread of ~0)
+N_FOCAL = 3 + 2 * 2 * len(FOCAL_K)
+_N_V1 = 4 + len(PERCENTILES) + 2 * HIST_BINS + 1
+# version -> count. Bump the version (never edit one) when the vector changes: bundles name the version they expect.
+MEASUREMENT_VERSIONS = {"organ-measurements-v1": _N_V1, "organ-measurements-v2": _N_V1 + N_FOCAL}
+MEASUREMENTS = "organ-measurements-v2"  # what new encoders are trained with
+N_MEASUREMENTS = MEASUREMENT_VERSIONS[MEASUREMENTS]
+
+
+def measurements_spec(spec) -> str | None:
+    """What a caller asks for -> the version to compute, or None for no measurements: False / 0 -> None, True -> the
+    current version, a count (``ViTConfig.measurements``, a bundle's ``n_measurements``) -> the version with that
+    count, a version name -> itself."""
+    if spec is None or spec is False:
+        return None
+    if spec is True:
+        return MEASUREMENTS
+    if isinstance(spec, str):
+        if spec not in MEASUREMENT_VERSIONS:
+            raise TotalFMError(f"unknown organ-measurement version {spec!r} (known: {', '.join(MEASUREMENT_VERSIONS)})")
+        return spec
+    return measurement_version(spec) if int(spec) else None
+
+
+def measurement_version(n: int) -> str:
+    """Measurement count of an encoder (``ViTConfig.measurements``) -> the version that has it (counts are unique)."""
+    for version, count in MEASUREMENT_VERSIONS.items():
+        if count == int(n):
+            return version
+    raise TotalFMError(f"no organ-measurement version has {n} numbers (known: "
+                       f"{', '.join(f'{v} = {c}' for v, c in MEASUREMENT_VERSIONS.items())})")
 
 
 def _axis_weights(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -82,23 +121,26 @@ def _histogram(values: np.ndarray) -> np.ndarray:
     return np.bincount(idx, minlength=HIST_BINS) / values.size
 
 
-def organ_measurements(crop) -> np.ndarray:
-    """OrganCrop (its windowed ``image`` Volume and its ``mask`` on the same grid) -> float32 ``[N_MEASUREMENTS]``,
-    see :func:`measurements_from_arrays`."""
+def organ_measurements(crop, version: str = MEASUREMENTS) -> np.ndarray:
+    """OrganCrop (its windowed ``image`` Volume and its ``mask`` on the same grid) -> float32 measurements of
+    ``version``, see :func:`measurements_from_arrays`."""
     image, mask = getattr(crop, "image", None), getattr(crop, "mask", None)
     organ = getattr(crop, "organ", "?")
     if image is None or mask is None:
         raise TotalFMError(f"organ crop of {organ} has no image or mask (status {getattr(crop, 'status', 'unknown')}); "
                            "only usable crops can be measured")
-    return measurements_from_arrays(image.array, getattr(mask, "array", mask), image.spacing, organ)
+    return measurements_from_arrays(image.array, getattr(mask, "array", mask), image.spacing, organ, version)
 
 
-def measurements_from_arrays(image, mask, spacing, organ: str = "?") -> np.ndarray:
+def measurements_from_arrays(image, mask, spacing, organ: str = "?", version: str = MEASUREMENTS) -> np.ndarray:
     """Windowed crop (0..1), its organ mask on the same grid and the grid spacing (mm) -> float32
-    ``[N_MEASUREMENTS]``: log volume, inside-mask mean / std / max / percentiles / histogram, shell histogram and
-    mean. Everything but the volume is on the window's 0..1 scale, so the numbers stay O(1) for the network."""
+    ``[MEASUREMENT_VERSIONS[version]]``. v1: log volume, inside-mask mean / std / max / percentiles / histogram, shell
+    histogram and mean; v2 appends :func:`_focal`. Everything but the volumes is on the window's 0..1 scale, so the
+    numbers stay O(1) for the network."""
     from scipy import ndimage
 
+    if version not in MEASUREMENT_VERSIONS:
+        raise TotalFMError(f"unknown organ-measurement version {version!r} (known: {', '.join(MEASUREMENT_VERSIONS)})")
     img = np.nan_to_num(np.asarray(image, dtype=np.float32), nan=0.0)
     m = np.asarray(mask) > 0
     if m.shape != img.shape:
@@ -115,4 +157,40 @@ def measurements_from_arrays(image, mask, spacing, organ: str = "?") -> np.ndarr
         [np.log1p(volume_ml) / 8.0, inside.mean(), inside.std(), inside.max()],
         np.percentile(inside, PERCENTILES),
         _histogram(inside), _histogram(around), [around.mean() if around.size else 0.0]])
+    if version != "organ-measurements-v1":
+        out = np.concatenate([out, _focal(img, m, spacing)])
     return out.astype(np.float32)
+
+
+def _focal(img: np.ndarray, m: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    """[N_FOCAL]: deepest dip and highest peak of the mask-normalised smoothed density against the organ median,
+    the robust spread (1.4826 x MAD), then per direction (below, above) and per ``FOCAL_K``: the share of the organ's
+    core beyond median -/+ k x spread (and ``FOCAL_MIN_DELTA``), and log1p(mL of its largest connected piece) / 4.
+    The core is the mask eroded by one voxel, so the partial-volume rim is not a "lesion"."""
+    from scipy import ndimage
+
+    sigma = tuple(float(v) for v in FOCAL_SIGMA_MM / spacing)
+    pad = np.ceil(4 * np.asarray(sigma)).astype(int) + 1  # gaussian_filter truncates at 4 sigma: same result, less work
+    zz = np.argwhere(m)
+    lo, hi = np.maximum(zz.min(0) - pad, 0), np.minimum(zz.max(0) + 1 + pad, m.shape)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    mb, ib = m[box], img[box]
+    weight = ndimage.gaussian_filter(mb.astype(np.float32), sigma)
+    smooth = ndimage.gaussian_filter(np.where(mb, ib, 0.0).astype(np.float32), sigma) / np.maximum(weight, 1e-3)
+    core = ndimage.binary_erosion(mb)
+    if core.sum() < 20:  # a thin organ (esophagus, adrenals) has little or no core: use the whole mask
+        core = mb
+    v = smooth[core].astype(np.float64)
+    med = float(np.median(v))
+    spread = 1.4826 * float(np.median(np.abs(v - med))) + 1e-4
+    p_lo, p_hi = np.percentile(v, [0.1, 99.9])
+    out = [med - p_lo, p_hi - med, spread]
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    dev = smooth - med
+    for sign in (-1.0, 1.0):
+        for k in FOCAL_K:
+            hit = core & (sign * dev > max(k * spread, FOCAL_MIN_DELTA))
+            lab, n = ndimage.label(hit)
+            largest = int(np.bincount(lab.ravel())[1:].max()) if n else 0
+            out += [hit.sum() / core.sum(), np.log1p(largest * voxel_ml) / 4.0]
+    return np.asarray(out, np.float64)

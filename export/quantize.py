@@ -92,7 +92,7 @@ def test_set(dataset: str | Path, input_shape, split: str = "test", limit: int |
     from trainer.model.data import from_pairs
 
     bank = from_pairs(dataset, input_shape, splits=(split,), limit=limit, with_labels=True,
-                      measurements=bool(n_measurements))
+                      measurements=int(n_measurements))
     if not len(bank):
         raise SystemExit(f"{dataset} has no usable {split} crops; build one (`totalfm synth --seed 2000 ...` then "
                          f"`totalfm train build-pairs`)")

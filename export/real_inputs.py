@@ -40,12 +40,12 @@ def _scan(name: str):
 
 
 def organ_crops(input_shape, scans=("ts_abdomen_pelvis", "ts_upper_abdomen"),
-                measurements: bool = False) -> tuple:
+                measurements: int = 0) -> tuple:
     """-> crops float32 [N,1,d,h,w], organ_index int64 [N], names [(scan, organ)] for every usable crop; with
     ``measurements`` also their organ measurements float32 [N,K] (a fourth item)."""
     from appliance import ontology
     from appliance.crops import crop_organs
-    from appliance.preprocess import encoder_input, organ_measurements
+    from appliance.preprocess import encoder_input, measurements_spec, organ_measurements
 
     idx = {o.name: i for i, o in enumerate(ontology.ORGANS)}
     xs, oi, names, ms = [], [], [], []
@@ -56,7 +56,7 @@ def organ_crops(input_shape, scans=("ts_abdomen_pelvis", "ts_upper_abdomen"),
             oi.append(idx[organ])
             names.append((s, organ))
             if measurements:
-                ms.append(organ_measurements(crop))
+                ms.append(organ_measurements(crop, measurements_spec(measurements)))
     if not xs:
         raise TotalFMError("no usable organ crop in the shared real scans")
     out = (np.stack(xs).astype(np.float32), np.asarray(oi, dtype=np.int64), names)
@@ -66,7 +66,7 @@ def organ_crops(input_shape, scans=("ts_abdomen_pelvis", "ts_upper_abdomen"),
 def encoder_batches(input_shape, batch: int = 4, limit: int | None = None,
                     n_measurements: int = 0) -> list[dict[str, np.ndarray]]:
     """Feeds for the organ encoder from the real scans (crop, organ_index, and measurements when it takes them)."""
-    got = organ_crops(tuple(int(v) for v in input_shape), measurements=bool(n_measurements))
+    got = organ_crops(tuple(int(v) for v in input_shape), measurements=int(n_measurements))
     x, oi = got[0], got[1]
     m = got[3] if n_measurements else None
     if limit:

@@ -8,7 +8,8 @@ import pytest
 
 from appliance import ontology
 from appliance.errors import TotalFMError
-from appliance.preprocess import (HIST_BINS, MEASUREMENTS, N_MEASUREMENTS, PERCENTILES, measurements_from_arrays,
+from appliance.preprocess import (HIST_BINS, MEASUREMENT_VERSIONS, MEASUREMENTS, N_FOCAL, N_MEASUREMENTS,
+                                  PERCENTILES, measurement_version, measurements_from_arrays, measurements_spec,
                                   organ_measurements)
 from appliance.volume import Volume
 
@@ -34,8 +35,9 @@ def test_known_box_gives_known_volume_intensities_and_shell():
     assert pct[2] == pytest.approx(0.55)  # median
     inside = v[4 + len(PERCENTILES):4 + len(PERCENTILES) + HIST_BINS]
     assert inside[8] == pytest.approx((n - 1) / n) and inside[15] == pytest.approx(1 / n)
-    shell = v[4 + len(PERCENTILES) + HIST_BINS:-1]
-    assert shell[3] == pytest.approx(1.0) and v[-1] == pytest.approx(0.2)  # the 5 mm shell is all surroundings
+    n1 = MEASUREMENT_VERSIONS["organ-measurements-v1"]
+    shell = v[4 + len(PERCENTILES) + HIST_BINS:n1 - 1]
+    assert shell[3] == pytest.approx(1.0) and v[n1 - 1] == pytest.approx(0.2)  # the 5 mm shell is all surroundings
 
 
 def test_fluid_around_the_organ_shows_in_the_shell_only():
@@ -84,9 +86,58 @@ def test_a_bundle_trained_on_other_measurements_is_refused_with_a_fix_it_message
     from appliance.pipeline import Pipeline
 
     bundle = type("B", (), {"bundle_id": "site-bundle-7"})()
-    assert Pipeline._check_measurements(bundle, {"input_shape": [16, 64, 64]}) is False  # pixels-only encoder
-    assert Pipeline._check_measurements(bundle, {"measurements": MEASUREMENTS, "n_measurements": N_MEASUREMENTS})
+    assert Pipeline._check_measurements(bundle, {"input_shape": [16, 64, 64]}) is None  # pixels-only encoder
+    assert Pipeline._check_measurements(bundle, {"measurements": MEASUREMENTS,
+                                                 "n_measurements": N_MEASUREMENTS}) == MEASUREMENTS
+    # a bundle of an older version keeps working: this software still computes it
+    assert Pipeline._check_measurements(bundle, {"measurements": "organ-measurements-v1",
+                                                 "n_measurements": 42}) == "organ-measurements-v1"
     for pre in ({"measurements": MEASUREMENTS + "-other", "n_measurements": N_MEASUREMENTS},
-                {"measurements": MEASUREMENTS, "n_measurements": N_MEASUREMENTS + 1}):
+                {"measurements": MEASUREMENTS, "n_measurements": N_MEASUREMENTS + 1},
+                {"measurements": "organ-measurements-v1", "n_measurements": N_MEASUREMENTS}):
         with pytest.raises(TotalFMError, match="site-bundle-7.*install the software version"):
             Pipeline._check_measurements(bundle, pre)
+
+
+def _organ_with_blob(depth: float, radius_vox: int = 0):
+    """A 30 x 60 x 60 organ of density 0.55 on a 1 mm grid with noise, and optionally a darker ball inside."""
+    rng = np.random.default_rng(0)
+    img = np.full((40, 80, 80), 0.2, np.float32)
+    mask = np.zeros(img.shape, np.uint8)
+    mask[5:35, 10:70, 10:70] = 1
+    img[mask > 0] = 0.55 + rng.normal(0, 0.01, int(mask.sum())).astype(np.float32)
+    if radius_vox:
+        z, y, x = np.ogrid[:40, :80, :80]
+        img[(z - 20) ** 2 + (y - 40) ** 2 + (x - 40) ** 2 <= radius_vox ** 2] -= depth
+    return img, mask
+
+
+def test_focal_measurements_see_a_small_dark_lesion_the_histogram_does_not():
+    """v2's focal numbers: a 1 cm ball 0.15 darker in a 108 mL organ (0.5 % of it) barely moves the v1 numbers, but the
+    smoothed dip, the share of the core 6 spreads below the median and the volume of that piece all rise."""
+    spacing = (1.0, 1.0, 1.0)
+    clean = measurements_from_arrays(*_organ_with_blob(0.0), spacing)
+    lesion = measurements_from_arrays(*_organ_with_blob(0.15, radius_vox=5), spacing)
+    n1 = MEASUREMENT_VERSIONS["organ-measurements-v1"]
+    assert clean.shape == lesion.shape == (N_MEASUREMENTS,) == (n1 + N_FOCAL,)
+    np.testing.assert_allclose(lesion[4 + 2], clean[4 + 2], atol=1e-3)  # the median does not move
+    f0, f1 = clean[n1:], lesion[n1:]
+    assert f1[0] > f0[0] + 0.05  # deepest dip below the median (smoothed at 3 mm: less than the full 0.15)
+    assert f1[5] > 0.002 and f0[5] == 0.0  # share of the core 6 spreads (and >= 2 % of the window) below
+    assert f1[6] == pytest.approx(np.log1p(f1[5] * 28 * 58 * 58 / 1000.0) / 4.0, rel=1e-3)  # one piece: all of it
+    assert f1[9] == 0.0 and f0[9] == 0.0  # nothing brighter
+    assert np.all(np.isfinite(lesion))
+
+
+def test_versions_are_still_computable_and_named_by_their_count():
+    img, mask = _organ_with_blob(0.15, radius_vox=5)
+    v1 = measurements_from_arrays(img, mask, (1.0, 1.0, 1.0), version="organ-measurements-v1")
+    v2 = measurements_from_arrays(img, mask, (1.0, 1.0, 1.0))
+    assert v1.shape == (42,) and v1.tobytes() == v2[:42].tobytes()  # v2 extends v1, it does not change it
+    assert measurement_version(42) == "organ-measurements-v1" and measurement_version(N_MEASUREMENTS) == MEASUREMENTS
+    assert measurements_spec(True) == MEASUREMENTS and measurements_spec(0) is None and measurements_spec(False) is None
+    assert measurements_spec(42) == "organ-measurements-v1"
+    with pytest.raises(TotalFMError, match="no organ-measurement version has 7"):
+        measurements_spec(7)
+    with pytest.raises(TotalFMError, match="unknown organ-measurement version"):
+        measurements_from_arrays(img, mask, (1.0, 1.0, 1.0), version="organ-measurements-v0")

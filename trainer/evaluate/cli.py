@@ -92,9 +92,9 @@ def bundle_encoders(bundle_path: str | Path, threads: int = 2):
     return encode_crops, embed_texts, float(b.logit_scale), meta
 
 
-def load_splits(args, input_shape, encode, embed_dim, measurements: bool = False):
-    """Validation and test SplitData from ``--pairs`` or in-process synthetic studies. ``measurements``: the encoder
-    also takes the organ measurements (model_config ``measurements`` > 0)."""
+def load_splits(args, input_shape, encode, embed_dim, measurements: int = 0):
+    """Validation and test SplitData from ``--pairs`` or in-process synthetic studies. ``measurements``: how many
+    organ measurements the encoder takes (model_config ``measurements``; 0: none)."""
     from trainer.evaluate.zeroshot import split_from_bank
     from trainer.model import data
 
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
         encode, embed_texts, scale, meta = torch_encoders(args.checkpoint)
     cfg = meta["model_config"]
     val, test, src = load_splits(args, cfg["input_shape"], encode, int(cfg["embed_dim"]),
-                                 measurements=int(cfg.get("measurements", 0)) > 0)
+                                 measurements=int(cfg.get("measurements", 0)))
     specs, prompts = finding_specs(embed_texts)
     res = evaluate(val, test, specs, prompts, scale, n_boot=args.bootstrap, seed=args.seed,
                    organ_rule=args.organ_rule, prompt_supervised=prompt_supervised_findings(meta))

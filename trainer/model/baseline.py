@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         encode, embed_texts, oscale, meta = torch_encoders(args.organ_checkpoint)
         ocfg = meta["model_config"]
         oval, otest, _ = load_splits(args, ocfg["input_shape"], encode, ocfg["embed_dim"],
-                                     measurements=int(ocfg.get("measurements", 0)) > 0)
+                                     measurements=int(ocfg.get("measurements", 0)))
         ospecs, oprompts = finding_specs(embed_texts)
         ores = evaluate(oval, otest, ospecs, oprompts, oscale,
                         n_boot=args.bootstrap, seed=args.seed, prompt_supervised=prompt_supervised_findings(meta))

@@ -44,8 +44,8 @@ def base_meta(cfg: ViTConfig, *, stage: str, recipe: dict | None = None, data: d
                for o in ontology.ORGANS}
     measurements = {}
     if cfg.measurements:  # the appliance computes these with the same function (appliance.preprocess)
-        from appliance.preprocess import MEASUREMENTS
-        measurements = {"measurements": MEASUREMENTS, "n_measurements": int(cfg.measurements)}
+        from appliance.preprocess import measurement_version
+        measurements = {"measurements": measurement_version(cfg.measurements), "n_measurements": int(cfg.measurements)}
     return {
         "format": FORMAT, "version": VERSION, "stage": stage,
         "model_config": cfg.to_dict(),
