@@ -29,8 +29,9 @@ def test_the_encoder_uses_its_measurements_and_asks_for_them():
         m(x, oi)
     with pytest.raises(ValueError, match="without measurements"):
         OrganEncoder(ViTConfig(**SMALL)).eval()(x, oi, a)
-    with pytest.raises(ValueError, match=f"0 or {N_MEASUREMENTS}"):
+    with pytest.raises(ValueError, match="0 or the count of a version"):
         ViTConfig(**SMALL, measurements=7)
+    assert ViTConfig(**SMALL, measurements=42).measurements == 42  # session 7-8 checkpoints (organ-measurements-v1)
     assert ViTConfig.from_dict({"input_shape": [16, 64, 64]}).measurements == 0  # older checkpoints: pixels only
 
 
@@ -71,18 +72,22 @@ def test_flops_count_the_readout():
     cfg = ViTConfig(**SMALL, measurements=N_MEASUREMENTS)
     a, m = analytic_flops_per_crop(cfg), measured_flops_per_crop(cfg)
     assert abs(a - m) / m < 0.02 and a > analytic_flops_per_crop(ViTConfig(**SMALL))
+    cfg = ViTConfig(**SMALL, measurements=N_MEASUREMENTS, fusion="sum")
+    a, m = analytic_flops_per_crop(cfg), measured_flops_per_crop(cfg)
+    assert abs(a - m) / m < 0.02
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A 2-step contrastive stage with measurements on 2 in-process synthetic studies (the real code path)."""
+    """A 2-step contrastive stage with measurements on 2 in-process synthetic studies (the real code path), the
+    shipped recipe's shape: "sum" fusion after a 3-step measurement warm-up."""
     from trainer.model.contrastive import main
 
     d = tmp_path_factory.mktemp("meas")
     (d / "r.toml").write_text(
         'name = "t"\n[model]\nsize = "tiny"\ninput_shape = [8, 32, 32]\ntubelet = [4, 8, 8]\ndim = 32\ndepth = 1\n'
-        'heads = 2\nembed_dim = 32\nstem = "conv"\npool = "mean_max"\nmeasurements = true\n'
-        '[contrastive]\nbatch_size = 8\nlr = 1e-3\nanchor_weight = 1.0\n')
+        'heads = 2\nembed_dim = 32\nstem = "conv"\npool = "mean_max"\nmeasurements = true\nfusion = "sum"\n'
+        '[contrastive]\nbatch_size = 8\nlr = 1e-3\nanchor_weight = 1.0\nmeasurement_warmup_steps = 3\n')
     assert main(["--recipe", str(d / "r.toml"), "--synth-n", "2", "--out", str(d / "run"), "--steps", "2",
                  "--threads", "1", "--init", "scratch"]) == 0
     return d
@@ -97,6 +102,48 @@ def test_contrastive_checkpoint_declares_the_measurements(trained):
     assert ck["model_config"]["measurements"] == N_MEASUREMENTS
     assert ck["preprocessing"]["measurements"] == MEASUREMENTS
     assert ck["preprocessing"]["n_measurements"] == N_MEASUREMENTS
+
+
+def test_sum_fusion_starts_as_the_measurement_branch_and_the_vit_adds_to_it():
+    with pytest.raises(ValueError, match="needs measurements"):
+        ViTConfig(**SMALL, fusion="sum")
+    torch.manual_seed(0)
+    enc = OrganEncoder(ViTConfig(**SMALL, measurements=N_MEASUREMENTS, fusion="sum")).eval()
+    x, oi, m = torch.rand(2, 1, 8, 32, 32), torch.tensor([0, 3]), torch.rand(2, N_MEASUREMENTS)
+    with torch.no_grad():
+        a, b = enc(x, oi, m), enc(torch.rand(2, 1, 8, 32, 32), oi, m)
+        torch.testing.assert_close(a, b)  # the image head starts at zero: the pixels add nothing yet
+        enc.measurements_only = True
+        torch.testing.assert_close(enc(None, oi, m), a)  # the warm-up's path is the same function, without the ViT
+        enc.measurements_only = False
+        torch.nn.init.normal_(enc.head[-1].weight)
+        assert not torch.allclose(enc(x, oi, m), enc(torch.rand(2, 1, 8, 32, 32), oi, m))  # now the pixels count
+
+
+def test_warmup_trains_the_measurement_branch_alone_then_the_joint_stage_starts_from_it(trained):
+    from trainer.model import checkpoint as ckptmod
+
+    warm = ckptmod.read(trained / "run" / "warmup" / "final.pt")["encoder"]
+    joint = ckptmod.read(trained / "run" / "final.pt")["encoder"]
+    assert not warm["head.2.weight"].any()  # the ViT and its head were never run in the warm-up
+    assert warm["measure_head.2.weight"].abs().sum() > 0
+    assert joint["head.2.weight"].abs().sum() > 0  # the joint stage trains the image branch
+    summary = json.loads((trained / "run" / "contrastive_summary.json").read_text())
+    assert summary["measurement_warmup"]["steps"] == 3 and summary["steps"] == 2
+    rows = (trained / "run" / "warmup" / "warmup_loss.csv").read_text().strip().splitlines()
+    assert len(rows) == 1 + 3
+
+
+def test_warmup_needs_the_sum_fusion(tmp_path):
+    from trainer.model.contrastive import main
+
+    (tmp_path / "r.toml").write_text(
+        'name = "t"\n[model]\nsize = "tiny"\ninput_shape = [8, 32, 32]\ntubelet = [4, 8, 8]\ndim = 32\ndepth = 1\n'
+        'heads = 2\nembed_dim = 32\nstem = "conv"\npool = "mean_max"\nmeasurements = true\n'
+        '[contrastive]\nbatch_size = 8\nmeasurement_warmup_steps = 3\n')
+    with pytest.raises(SystemExit, match="fusion"):
+        main(["--recipe", str(tmp_path / "r.toml"), "--synth-n", "1", "--out", str(tmp_path / "run"), "--steps", "1",
+              "--threads", "1", "--init", "scratch"])
 
 
 def test_eval_feeds_the_measurements(trained):
@@ -128,7 +175,7 @@ def test_bundle_takes_measurements_and_the_appliance_encodes_like_torch(trained,
 
     crops = crop_organs(*_scan("ts_upper_abdomen"), label_space="totalseg")
     got = encode_stage(crops, open_model(spec.path, backend="cpu", threads=1), spec.preprocessing["input_shape"],
-                       b.organs, measurements=True)
+                       b.organs, measurements=spec.preprocessing["measurements"])
     enc, _ = load_encoder(trained / "run" / "final.pt")
     enc.eval()
     for organ, c in crops.present().items():

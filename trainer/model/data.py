@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import Dataset
 
 from appliance import ontology
-from appliance.preprocess import encoder_input, measurements_from_arrays
+from appliance.preprocess import encoder_input, measurements_from_arrays, measurements_spec
 
 ORGAN_INDEX = {o.name: i for i, o in enumerate(ontology.ORGANS)}
 POSITIVE = ("positive",)
@@ -32,7 +32,9 @@ NORMALISH = ("normal", "negated")
 @dataclass
 class CropBank:
     input_shape: tuple[int, int, int]
-    measurements: bool = False  # also keep appliance.preprocess organ measurements (encoders that take them)
+    # also keep appliance.preprocess organ measurements (encoders that take them): False / True (current version) / a
+    # count / a version name; stored as the version name (None: no measurements)
+    measurements: bool | int | str | None = None
     x: list[np.ndarray] = field(default_factory=list)  # float16 [1,d,h,w] each
     m: list[np.ndarray] = field(default_factory=list)  # float32 [N_MEASUREMENTS] each (when measurements)
     organ: list[int] = field(default_factory=list)
@@ -41,6 +43,9 @@ class CropBank:
     texts: list[list[str]] = field(default_factory=list)  # training sentences for this crop
     key: list[str] = field(default_factory=list)  # "normal" | "+".join(sorted positive findings) (from the report)
     labels: list[dict] = field(default_factory=list)  # eval truth {"abnormal": bool, "findings": [...]}
+
+    def __post_init__(self):
+        self.measurements = measurements_spec(self.measurements)
 
     def __len__(self):
         return len(self.x)
@@ -54,7 +59,7 @@ class CropBank:
                 raise ValueError(f"a bank with measurements needs the organ mask of each crop ({organ}, {study})")
             # crops sit on their organ recipe's grid, in the trainer as in the appliance (appliance.crops)
             spacing = ontology.ORGANS_BY_NAME[organ].crop.spacing_mm
-            self.m.append(measurements_from_arrays(image, mask, spacing, organ))
+            self.m.append(measurements_from_arrays(image, mask, spacing, organ, self.measurements))
         self.organ.append(ORGAN_INDEX[organ])
         self.study.append(study)
         self.split.append(split)
@@ -98,7 +103,7 @@ def _key_and_texts(sents: list[tuple[str, str, str | None]]) -> tuple[str, list[
 
 
 def from_pairs(path: str | Path, input_shape, splits=("train",), limit: int | None = None,
-               with_labels: bool = False, measurements: bool = False) -> CropBank:
+               with_labels: bool = False, measurements: bool | int | str = False) -> CropBank:
     from trainer.pairs.dataset import USABLE, PairDataset
     bank = CropBank(tuple(input_shape), measurements)
     with PairDataset(path) as ds:
@@ -127,7 +132,7 @@ def split_of_seed(seed: int) -> str:
 
 
 def from_synth(n: int, seed: int, input_shape, kind: str = "analytic", phrasing: str = "train",
-               normal_fraction: float = 0.3, shape=None, measurements: bool = False) -> CropBank:
+               normal_fraction: float = 0.3, shape=None, measurements: bool | int | str = False) -> CropBank:
     """Generate ``n`` studies in process (no files) and bank their usable crops. Split from the seed range."""
     from appliance.crops import crop_organs
     from trainer.synth.study import generate_study
@@ -219,20 +224,22 @@ def _merge_organ_groups(bank: CropBank, groups: list[list[int]], k: int) -> list
 
 class BankDataset(Dataset):
     """Index -> dict(crop float32 [1,d,h,w], organ_index, text (one random sentence), key). Light augmentation on
-    train: random intensity scale/offset and a +-1 voxel shift (keeps the crop's organ framing)."""
+    train: random intensity scale/offset and a +-1 voxel shift (keeps the crop's organ framing). ``pixels=False``:
+    the crop is a placeholder ``[1]`` (a measurements-only model never reads it; copying crops would cost more than
+    its whole step)."""
 
-    def __init__(self, bank: CropBank, augment: bool = False, seed: int = 0):
-        self.bank, self.augment, self.seed = bank, augment, seed
+    def __init__(self, bank: CropBank, augment: bool = False, seed: int = 0, pixels: bool = True):
+        self.bank, self.augment, self.seed, self.pixels = bank, augment, seed, pixels
         self.epoch_rng = np.random.default_rng(seed)
 
     def __len__(self):
         return len(self.bank)
 
     def __getitem__(self, i):
-        x = self.bank.x[i].astype(np.float32)
         texts = self.bank.texts[i]
         rng = np.random.default_rng((self.seed, i, int(torch.randint(0, 2**31 - 1, ()).item())))
-        if self.augment:
+        x = self.bank.x[i].astype(np.float32) if self.pixels else np.zeros(1, np.float32)
+        if self.augment and self.pixels:
             x = x * rng.uniform(0.9, 1.1) + rng.uniform(-0.05, 0.05)
             shifts = tuple(int(s) for s in rng.integers(-1, 2, size=3))
             x = np.roll(x, shifts, axis=(1, 2, 3))

@@ -31,6 +31,8 @@ def analytic_flops_per_crop(cfg: ViTConfig) -> float:
     patch = _conv_stem_flops(cfg) if cfg.stem == "conv" else 2 * cfg.n_tokens * cfg.patch_voxels * d
     per_block = 2 * n * d * 3 * d + 2 * n * n * d * 2 + 2 * n * d * d + 2 * n * d * hidden * 2
     head = 2 * cfg.feature_dim * d + 2 * d * cfg.embed_dim
+    if cfg.fusion == "sum":  # the measurement branch's own projection head
+        head += 2 * d * d + 2 * d * cfg.embed_dim
     readout = 2 * cfg.measurements * d  # the organ measurements' linear readout (computing them is numpy, not counted)
     return float(patch + cfg.depth * per_block + head + readout)
 
