@@ -141,3 +141,20 @@ def test_versions_are_still_computable_and_named_by_their_count():
         measurements_spec(7)
     with pytest.raises(TotalFMError, match="unknown organ-measurement version"):
         measurements_from_arrays(img, mask, (1.0, 1.0, 1.0), version="organ-measurements-v0")
+
+
+def test_focal_measurements_stay_finite_on_degenerate_masks():
+    """A one-voxel organ (no core to erode), an organ touching the crop's edge (the smoothing box is clipped) and a
+    perfectly uniform organ (robust spread 0) must give finite numbers, not NaN or an exception mid-study."""
+    n1 = MEASUREMENT_VERSIONS["organ-measurements-v1"]
+    img = np.random.default_rng(1).random((12, 20, 20)).astype(np.float32)
+    one = np.zeros(img.shape, np.uint8)
+    one[6, 10, 10] = 1
+    edge = np.zeros(img.shape, np.uint8)
+    edge[:, :8, :8] = 1
+    flat = np.full(img.shape, 0.4, np.float32)
+    for image, mask in ((img, one), (img, edge), (flat, edge)):
+        v = measurements_from_arrays(image, mask, (2.0, 1.5, 1.5))
+        assert v.shape == (N_MEASUREMENTS,) and np.all(np.isfinite(v))
+    uniform = measurements_from_arrays(flat, edge, (2.0, 1.5, 1.5))[n1:]
+    assert uniform[0] == pytest.approx(0.0, abs=1e-6) and uniform[3:].sum() == 0.0  # nothing focal in a uniform organ
