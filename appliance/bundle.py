@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.errors import OntologyError, TotalFMError
+from appliance.scoring import SCORE_RULES
 
 FORMAT = "totalfm-bundle"
 FORMAT_VERSION = 1
@@ -79,6 +80,7 @@ class FindingSpec:
     positive_prompts: list[str] = field(default_factory=list)
     negative_prompts: list[str] = field(default_factory=list)
     organs: list[str] = field(default_factory=list)  # every organ crop it is scored in (first == organ)
+    score: str = "pair"  # appliance.scoring.SCORE_RULES; bundles before session 9 have no key: "pair"
 
 
 @dataclass(frozen=True)
@@ -178,6 +180,7 @@ class Bundle:
                 positive_prompts=list(f.get("positive_prompts", [])),
                 negative_prompts=list(f.get("negative_prompts", [])),
                 organs=list(f.get("organs") or [f["organ"]]),
+                score=str(f.get("score", "pair")),
             )
             for f in self.manifest["findings"]
         ]
@@ -263,6 +266,9 @@ def validate_manifest(manifest: Any, where: str = MANIFEST) -> None:
     for i, f in enumerate(manifest["findings"]):
         for k in ("name", "organ", "threshold", "pos_index", "neg_index"):
             _need(isinstance(f, dict) and k in f, f"{where}: findings[{i}] lacks field {k!r}")
+        _need(f.get("score", "pair") in SCORE_RULES,
+              f"{where}: findings[{i}] ({f.get('name')}) has score rule {f.get('score')!r}; this software scores "
+              f"{', '.join(SCORE_RULES)} - install the software version the bundle was built for")
     for rel, what in _referenced_files(manifest):
         _need(isinstance(rel, str) and not Path(rel).is_absolute() and ".." not in Path(rel).parts,
               f"{where}: {what} = {rel!r} must be a relative path inside the bundle")

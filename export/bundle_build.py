@@ -118,6 +118,7 @@ def build_bundle(
     organ_encoder: tuple[Any, dict],
     text_encoder: tuple[Any, str | Path, int],
     thresholds: dict[str, float] | float = 0.5,
+    score_rules: dict[str, str] | None = None,
     logit_scale: float,
     provenance: dict | None = None,
     bundle_id: str | None = None,
@@ -216,6 +217,7 @@ def build_bundle(
         np.save(work / PROMPTS_FILE, emb)
         for r in rows:
             r["threshold"] = float(thresholds.get(r["name"], 0.5) if isinstance(thresholds, dict) else thresholds)
+            r["score"] = (score_rules or {}).get(r["name"], "pair")  # the rule the threshold was calibrated under
 
         prov = dict(provenance or {})
         prov.setdefault("trainer_git_commit", git_commit())

@@ -99,7 +99,8 @@ def export_from_checkpoints(seg_ckpt: str | Path | None, encoder_ckpt: str | Pat
                                       "n_measurements": n_meas} if n_meas else {})},
                 "extra": {"embed_dim": (meta.get("model_config") or {}).get("embed_dim")}}
     return build_bundle(out, segmentation=seg, organ_encoder=(enc, enc_meta), text_encoder=text,
-                        thresholds=dict(meta.get("thresholds") or {}), logit_scale=float(logit_scale),
+                        thresholds=dict(meta.get("thresholds") or {}),
+                        score_rules=dict(meta.get("score_rules") or {}), logit_scale=float(logit_scale),
                         provenance=prov, parity_inputs=parity, overwrite=overwrite, log=log, bundle_id=bundle_id)
 
 

@@ -78,10 +78,10 @@ def _finding_probs(emb: np.ndarray, findings, prompts: np.ndarray, logit_scale: 
 
     Scored per organ crop (each crop against the findings of its organ), so the max-over-organs step of
     appliance.scoring.finding_scores does not apply here."""
-    from appliance.scoring import prompt_logit_diff, sigmoid
+    from appliance.scoring import finding_logit, sigmoid
 
-    return {f.name: sigmoid(prompt_logit_diff(emb, prompts[f.pos_index], prompts[f.neg_index], logit_scale))
-            for f in findings}
+    return {f.name: sigmoid(finding_logit(emb, prompts[f.pos_index], prompts[f.neg_index], logit_scale,
+                                          getattr(f, "score", "pair"))) for f in findings}
 
 
 def test_set(dataset: str | Path, input_shape, split: str = "test", limit: int | None = None,

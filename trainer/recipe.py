@@ -97,6 +97,13 @@ def build_pairs(recipe: dict, out: Path) -> dict:
 INITS = ("pretrain", "scratch")
 
 
+def eval_score_args(recipe: dict) -> list[str]:
+    """Recipe ``[eval] held_out_score`` -> the eval's ``--held-out-score`` (how findings held out from the prompt
+    anchor are scored; absent: the eval's default)."""
+    rule = recipe.get("eval", {}).get("held_out_score")
+    return ["--held-out-score", str(rule)] if rule else []
+
+
 def stage_plan(recipe: dict, ablation: bool = False) -> dict:
     """-> {"init": the recipe's contrastive start, "pretrain": whether stage 1 runs, "ablation": the other start or
     None}. Stage 1 runs when either contrastive run starts from it."""
@@ -153,8 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     if "eval" not in skip:
         _step(summary, "eval", out, lambda: eval_main(
             ["--checkpoint", str(out / "contrastive"), "--pairs", str(pairs), "--out", str(out / "eval"),
-             "--bootstrap", str(recipe.get("eval", {}).get("bootstrap", 500)), "--threads", str(args.threads)]) or
-            _macro(out / "eval"))
+             "--bootstrap", str(recipe.get("eval", {}).get("bootstrap", 500)), "--threads", str(args.threads)]
+            + eval_score_args(recipe)) or _macro(out / "eval"))
     if plan["ablation"]:
         other = plan["ablation"]
         _step(summary, f"contrastive_{other}", out, lambda: contrastive_main(

@@ -148,3 +148,17 @@ def test_default_bundle_path(monkeypatch, tmp_path):
     assert default_bundle_path() == tmp_path
     monkeypatch.delenv("TOTALFM_BUNDLE")
     assert default_bundle_path().name == "default_bundle" and default_bundle_path().parent.name == "appliance"
+
+
+def test_score_rules_load_with_a_default_and_unknown_ones_are_refused(bundle_copy):
+    """Each finding's score rule travels with its threshold; a bundle from before session 9 has none (= "pair"), and
+    a rule this software does not know stops the load instead of scoring with the wrong formula."""
+    def fn(m):
+        m["findings"][0]["score"] = "positive"
+        m["findings"][1].pop("score", None)
+    _edit_manifest(bundle_copy, fn)
+    f = load_bundle(bundle_copy).findings
+    assert f[0].score == "positive" and f[1].score == "pair"
+    _edit_manifest(bundle_copy, lambda m: m["findings"][0].update(score="cosine"))
+    with pytest.raises(BundleError, match="score rule 'cosine'.*install the software version"):
+        load_bundle(bundle_copy)

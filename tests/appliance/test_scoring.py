@@ -71,3 +71,20 @@ def test_decide_and_decisions():
     d = decisions({"lesion": 0.6, "ascites": 0.6}, [F1, F2])
     assert d["lesion"]["positive"] and not d["ascites"]["positive"]
     assert d["ascites"]["threshold"] == 0.7
+
+
+def test_positive_rule_ignores_the_negative_prompts():
+    """Rule "positive": sigmoid(scale x mean cosine to the positive prompts). Negative prompts, however close to the
+    crop, do not move it; under "pair" they do."""
+    from dataclasses import replace
+
+    e = _unit([0.6, 0.8, 0.0])
+    s = 10.0
+    pos = replace(F1, score="positive")
+    want = 1.0 / (1.0 + math.exp(-s * np.mean([PROMPTS[0] @ e, PROMPTS[1] @ e])))
+    assert finding_scores({"liver": e}, [pos], PROMPTS, s)["lesion"] == pytest.approx(want, rel=1e-6)
+    other_neg = replace(pos, neg_index=[0])  # a "negative" prompt identical to a positive one
+    assert finding_scores({"liver": e}, [other_neg], PROMPTS, s)["lesion"] == pytest.approx(want, rel=1e-6)
+    assert finding_scores({"liver": e}, [replace(F1, neg_index=[0])], PROMPTS, s)["lesion"] != pytest.approx(want)
+    with pytest.raises(ValueError, match="unknown finding score rule"):
+        score_matrix({"liver": e[None]}, [replace(F1, score="cosine")], PROMPTS, s)

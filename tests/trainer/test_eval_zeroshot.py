@@ -92,6 +92,8 @@ def test_uninformative_validation_scores_never_call_a_finding_positive():
     thr, vf1, src = calibrate(y, good)
     assert src == "val_max_f1" and 0.1 < thr <= 0.91 and vf1 == 1.0 and M.auroc(y, good) >= MIN_VAL_AUROC
     assert calibrate(np.zeros(10, bool), good)[2] == "default"  # no validation positives: 0.5, flagged
+    # a positive-prompts-only score has no neutral 0.5: without a validation positive it is never called
+    assert calibrate(np.zeros(10, bool), good, "positive")[::2] == (NEVER_POSITIVE, "no_val_positive")
 
 
 def test_prompt_supervised_findings_are_flagged_and_kept_out_of_the_zero_shot_macro(tmp_path):

@@ -172,3 +172,11 @@ def test_recipe_init_decides_whether_stage_1_runs():
     assert stage_plan({}, ablation=True)["ablation"] == "scratch"
     with pytest.raises(SystemExit, match="contrastive.init"):
         stage_plan({"contrastive": {"init": "videomae"}})
+
+
+def test_recipe_eval_section_sets_the_held_out_score_rule():
+    from trainer.recipe import eval_score_args, load_recipe
+
+    assert eval_score_args({"eval": {"held_out_score": "positive"}}) == ["--held-out-score", "positive"]
+    assert eval_score_args({"eval": {}}) == [] and eval_score_args({}) == []
+    assert eval_score_args(load_recipe("demo")) == ["--held-out-score", "positive"]

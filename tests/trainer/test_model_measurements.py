@@ -184,3 +184,30 @@ def test_bundle_takes_measurements_and_the_appliance_encodes_like_torch(trained,
                     torch.tensor([b.organs.index(organ)]),
                     torch.from_numpy(organ_measurements(c)[None])).numpy()[0]
         assert float(np.dot(got[organ], t)) >= 0.9999, organ
+
+
+def test_held_out_findings_scored_by_their_positive_prompts_travel_into_the_bundle(trained):
+    """`train eval --held-out-score positive`: the catalogue findings the anchor left out are scored by their positive
+    prompts, the rule is stored with their thresholds, the exporter writes it into the bundle, and `train eval
+    --bundle` scores with it (same AUROC as the torch evaluation)."""
+    from export.bundle_cli import export_from_checkpoints
+    from trainer.evaluate.cli import main
+    from trainer.model import checkpoint as ckptmod
+
+    ck = trained / "run" / "final.pt"
+    assert main(["--checkpoint", str(ck), "--synth-val", "2", "--synth-test", "2", "--out", str(trained / "ev_pos"),
+                 "--bootstrap", "10", "--threads", "1", "--no-plots", "--held-out-score", "positive"]) == 0
+    meta = ckptmod.read(ck)
+    held_out = set(meta["anchor"]["zero_shot"])
+    assert held_out and set(meta["score_rules"]) == held_out and set(meta["score_rules"].values()) == {"positive"}
+    out = export_from_checkpoints(None, ck, trained / "bundle_pos", log=lambda s: None)
+    from appliance.bundle import load_bundle
+    rules = {f.name: f.score for f in load_bundle(out).findings}
+    assert {n for n, r in rules.items() if r == "positive"} == held_out
+    assert main(["--bundle", str(out), "--synth-val", "2", "--synth-test", "2", "--out", str(trained / "ev_pos_b"),
+                 "--bootstrap", "10", "--threads", "1", "--no-plots"]) == 0
+    torch_res = json.loads((trained / "ev_pos" / "eval.json").read_text())["findings"]
+    bundle_res = json.loads((trained / "ev_pos_b" / "eval.json").read_text())["findings"]
+    for name in held_out:
+        a, b = torch_res[name]["auroc"], bundle_res[name]["auroc"]
+        assert (a is None and b is None) or abs(a - b) < 1e-6, name

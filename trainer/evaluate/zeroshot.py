@@ -25,7 +25,9 @@ same thing in production. Decisions (documented, also printed in every report):
   negatives (validation AUROC < ``MIN_VAL_AUROC``), max F1 degenerates into "call everything positive" (F1 = 2p/(1+p)
   beats any split of an uninformative score), so the threshold becomes ``NEVER_POSITIVE`` (``threshold_source:
   "uninformative_on_val"``): a finding the model cannot separate is never put in front of a radiologist as positive.
-  A finding without validation positives keeps 0.5 (flagged ``threshold_source: "default"``). Tried in session 8 and
+  A finding without validation positives keeps 0.5 (flagged ``threshold_source: "default"``); one scored by its
+  positive prompts alone (score rule "positive", session 9) has no neutral 0.5 and is never called instead
+  (``"no_val_positive"``). Tried in session 8 and
   not kept: the score only 5 % of validation negatives reach. On the realistic split it cut the stomach's false
   positives (24 -> 2 of 63) but added more elsewhere (spleen 1 -> 14): the validation split has no real-backed study,
   and patient B's crops score higher than the phantoms' (``called`` macro F1 0.405 -> 0.341).
@@ -62,9 +64,11 @@ class SplitData:
 
 
 def finding_specs(embed_texts: Callable[[list[str]], np.ndarray], findings: Sequence = None,
-                  thresholds: dict | None = None) -> tuple[list[FindingSpec], np.ndarray]:
+                  thresholds: dict | None = None, score_rules: dict | None = None
+                  ) -> tuple[list[FindingSpec], np.ndarray]:
     """Ontology findings -> (FindingSpec list with pos/neg indices into the prompt table, prompt embeddings [P,E]).
-    ``embed_texts``: list[str] -> [P,E] L2-normalised (torch text tower in the trainer, ONNX in the appliance)."""
+    ``embed_texts``: list[str] -> [P,E] L2-normalised (torch text tower in the trainer, ONNX in the appliance).
+    ``score_rules``: finding -> ``appliance.scoring.SCORE_RULES`` entry (default "pair")."""
     findings = list(findings if findings is not None else ontology.FINDINGS)
     prompts: list[str] = []
     index: dict[str, int] = {}
@@ -81,7 +85,8 @@ def finding_specs(embed_texts: Callable[[list[str]], np.ndarray], findings: Sequ
         neg = [idx(p) for p in f.negative_prompts]
         specs.append(FindingSpec(name=f.name, organ=f.organs[0], threshold=float((thresholds or {}).get(f.name, 0.5)),
                                  pos_index=pos, neg_index=neg, positive_prompts=list(f.positive_prompts),
-                                 negative_prompts=list(f.negative_prompts), organs=list(f.organs)))
+                                 negative_prompts=list(f.negative_prompts), organs=list(f.organs),
+                                 score=(score_rules or {}).get(f.name, "pair")))
     emb = np.asarray(embed_texts(prompts), dtype=np.float32)
     emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
     return specs, emb
@@ -146,11 +151,14 @@ MIN_VAL_AUROC = 0.6
 NEVER_POSITIVE = 1.01  # above any softmax score, so ``appliance.scoring.decide`` never calls the finding positive
 
 
-def calibrate(y_val, s_val) -> tuple[float, float, str]:
-    """Validation labels/scores -> (threshold, validation F1 at it, threshold_source); see the module docstring."""
+def calibrate(y_val, s_val, rule: str = "pair") -> tuple[float, float, str]:
+    """Validation labels/scores -> (threshold, validation F1 at it, threshold_source); see the module docstring.
+    ``rule``: the finding's score rule. Without a validation positive a "pair" score keeps 0.5 (positive and negative
+    prompts equally close); a "positive" score has no such midpoint (it sits near 0.9 for every crop), so the finding
+    is never called (``NEVER_POSITIVE``, source "no_val_positive")."""
     thr, vf1 = M.best_threshold(y_val, s_val)  # drops non-finite scores; (0.5, NaN) without positives or scores
     if not np.isfinite(vf1):
-        return thr, vf1, "default"
+        return (NEVER_POSITIVE, vf1, "no_val_positive") if rule == "positive" else (thr, vf1, "default")
     auc = M.auroc(y_val, s_val)
     if not (np.isfinite(auc) and auc >= MIN_VAL_AUROC):
         return NEVER_POSITIVE, 0.0, "uninformative_on_val"
@@ -180,7 +188,7 @@ def evaluate(val: SplitData, test: SplitData, findings: Sequence[FindingSpec], p
                  "thresholds": {}, "organ_thresholds": {}, "_roc": {}}
     catalogue = {f.name for f in ontology.CATEGORY_FINDINGS}
     for j, f in enumerate(specs):
-        thr, vf1, src = calibrate(y_val[:, j], s_val[:, j])
+        thr, vf1, src = calibrate(y_val[:, j], s_val[:, j], getattr(f, "score", "pair"))
         yt, st = y_test[:, j], s_test[:, j]
         ok = np.isfinite(st)
         yt, st = yt[ok], st[ok]

@@ -113,10 +113,13 @@ def load_text_tower(path: str | Path):
     return tower, t["config"]
 
 
-def set_thresholds(path: str | Path, thresholds: dict[str, float], metrics: dict | None = None) -> Path:
-    """Written by eval: per-finding thresholds (picked on the validation split) into the checkpoint."""
+def set_thresholds(path: str | Path, thresholds: dict[str, float], metrics: dict | None = None,
+                   score_rules: dict[str, str] | None = None) -> Path:
+    """Written by eval: per-finding thresholds (picked on the validation split) into the checkpoint, with the score
+    rule each was calibrated under (``appliance.scoring.SCORE_RULES``; the exporter copies both into the bundle)."""
     ckpt = read(path)
     ckpt["thresholds"] = {k: float(v) for k, v in thresholds.items()}
+    ckpt["score_rules"] = {k: str(v) for k, v in (score_rules or {}).items()}
     if metrics is not None:
         ckpt["metrics"] = metrics
     p = Path(path)
