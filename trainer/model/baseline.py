@@ -272,6 +272,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--bootstrap", type=int, default=1000)
+    p.add_argument("--held-out-score", choices=["pair", "positive"],
+                   help="score rule for the catalogue findings each model's prompt anchor left out, applied to BOTH "
+                        "models (one protocol); default: the organ checkpoint's stored rules, 'pair' for the baseline")
     p.add_argument("--reuse", metavar="BASELINE_DIR",
                    help="do not train: load BASELINE_DIR/baseline.pt (and its training figures from "
                         "baseline_summary.json) and evaluate and compare it again, e.g. against a new organ model")
@@ -334,7 +337,9 @@ def main(argv: list[str] | None = None) -> int:
                 "grid": list(args.grid), "hu_window": list(HU_WINDOW), "data": src,
                 "anchor": model.anchor.meta() if model.anchor is not None else None}, out / "baseline.pt")
     scale = float(model.logit_scale.detach().clamp(max=math.log(100.0)).exp())
-    specs, prompts = finding_specs(embed_texts_fn(model))
+    held_out = getattr(args, "held_out_score", None)
+    base_rules = {f: held_out for f in (model.anchor.held_out if model.anchor is not None else [])} if held_out else {}
+    specs, prompts = finding_specs(embed_texts_fn(model), score_rules=base_rules)
     val, test = split_data(model, studies, "val", embed_dim), split_data(model, studies, "test", embed_dim)
     anchored = model.anchor.names if model.anchor is not None else []
     base_res = evaluate(val, test, specs, prompts, scale, n_boot=args.bootstrap, seed=args.seed,
@@ -349,14 +354,14 @@ def main(argv: list[str] | None = None) -> int:
                             "finding_macro_auroc": base_res["macro"]["finding_auroc"], **base_info}}
 
     if args.organ_checkpoint:
-        from trainer.evaluate.cli import load_splits, prompt_supervised_findings, torch_encoders
+        from trainer.evaluate.cli import load_splits, prompt_supervised_findings, score_rules, torch_encoders
         from trainer.model.flops import flops_per_study
 
         encode, embed_texts, oscale, meta = torch_encoders(args.organ_checkpoint)
         ocfg = meta["model_config"]
         oval, otest, _ = load_splits(args, ocfg["input_shape"], encode, ocfg["embed_dim"],
                                      measurements=int(ocfg.get("measurements", 0)))
-        ospecs, oprompts = finding_specs(embed_texts)
+        ospecs, oprompts = finding_specs(embed_texts, score_rules=score_rules(meta, held_out))
         ores = evaluate(oval, otest, ospecs, oprompts, oscale,
                         n_boot=args.bootstrap, seed=args.seed, prompt_supervised=prompt_supervised_findings(meta))
         from trainer.model.vit3d import ViTConfig
