@@ -188,7 +188,7 @@ def measurement_warmup(args, st: dict, cfg, model: CLIPModel, bank, batches, los
                        info) -> dict | None:
     """Recipe ``contrastive.measurement_warmup_steps`` N > 0 (needs ``model.fusion = "sum"``): before the joint
     stage, N steps of the same loss on the same batches with the measurement branch alone (the ViT is not run, so a
-    step costs ~40 ms instead of ~1.6 s on 2 CPU cores). Written to ``OUT/warmup`` (its own ``last.pt`` / ``final.pt``
+    step costs ~20 ms instead of ~1.5 s on 2 CPU cores). Written to ``OUT/warmup`` (its own ``last.pt`` / ``final.pt``
     and loss curve, resumable like every stage); skipped when the joint stage already has a checkpoint to resume."""
     n = int(st.get("measurement_warmup_steps", 0) or 0)
     if n <= 0:

@@ -56,7 +56,7 @@ class ViTConfig:
     # how the measurement readout joins the image feature. "concat" (sessions 7-8): concatenated before one projection
     # head. "sum": each has its own projection head and the embedding is their normalised sum, the image head's last
     # layer starting at zero; so the measurement branch can be trained alone first (contrastive
-    # ``measurement_warmup_steps``, ~40 ms a step against ~1.6 s for the ViT) and the ViT then adds to it. Why: the
+    # ``measurement_warmup_steps``, ~20 ms a step against ~1.5 s with the ViT) and the ViT then adds to it. Why: the
     # readout needs thousands of steps (measurements-only CLIP, session 9: enriched AUROC 0.80 after 2,000 steps,
     # 0.81 after 6,000), the joint model gets ~500 in the demo's CPU budget.
     fusion: str = "concat"
