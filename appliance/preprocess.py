@@ -53,10 +53,14 @@ def measurements_spec(spec) -> str | None:
     if spec is True:
         return MEASUREMENTS
     if isinstance(spec, str):
-        if spec not in MEASUREMENT_VERSIONS:
-            raise TotalFMError(f"unknown organ-measurement version {spec!r} (known: {', '.join(MEASUREMENT_VERSIONS)})")
-        return spec
+        return _known_version(spec)
     return measurement_version(spec) if int(spec) else None
+
+
+def _known_version(version: str) -> str:
+    if version not in MEASUREMENT_VERSIONS:
+        raise TotalFMError(f"unknown organ-measurement version {version!r} (known: {', '.join(MEASUREMENT_VERSIONS)})")
+    return version
 
 
 def measurement_version(n: int) -> str:
@@ -139,8 +143,7 @@ def measurements_from_arrays(image, mask, spacing, organ: str = "?", version: st
     numbers stay O(1) for the network."""
     from scipy import ndimage
 
-    if version not in MEASUREMENT_VERSIONS:
-        raise TotalFMError(f"unknown organ-measurement version {version!r} (known: {', '.join(MEASUREMENT_VERSIONS)})")
+    _known_version(version)
     img = np.nan_to_num(np.asarray(image, dtype=np.float32), nan=0.0)
     m = np.asarray(mask) > 0
     if m.shape != img.shape:

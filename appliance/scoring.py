@@ -38,12 +38,15 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
+def _mean_logit(unit_embeddings: np.ndarray, prompts: np.ndarray, logit_scale: float) -> np.ndarray:
+    """``L`` = mean over the prompt rows [P,E] of scale x cosine, for unit embeddings [N,E] -> [N]."""
+    return float(logit_scale) * (unit_embeddings @ np.asarray(prompts, np.float32).T).mean(axis=1)
+
+
 def prompt_logit_diff(embeddings: np.ndarray, pos: np.ndarray, neg: np.ndarray, logit_scale: float) -> np.ndarray:
     """``L+ - L-`` for embeddings [N,E] (rows may be NaN = missing) against prompt rows pos [P,E], neg [Q,E] -> [N]."""
     e = _unit(embeddings)
-    lp = float(logit_scale) * (e @ np.asarray(pos, np.float32).T).mean(axis=1)
-    ln = float(logit_scale) * (e @ np.asarray(neg, np.float32).T).mean(axis=1)
-    return lp - ln
+    return _mean_logit(e, pos, logit_scale) - _mean_logit(e, neg, logit_scale)
 
 
 # How a finding's prompts become its score (per finding, chosen by the trainer, stored in the bundle next to the
@@ -63,7 +66,7 @@ def finding_logit(embeddings: np.ndarray, pos: np.ndarray, neg: np.ndarray, logi
     if rule == "pair":
         return prompt_logit_diff(embeddings, pos, neg, logit_scale)
     if rule == "positive":
-        return float(logit_scale) * (_unit(embeddings) @ np.asarray(pos, np.float32).T).mean(axis=1)
+        return _mean_logit(_unit(embeddings), pos, logit_scale)
     raise ValueError(f"unknown finding score rule {rule!r} (known: {', '.join(SCORE_RULES)})")
 
 

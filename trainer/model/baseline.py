@@ -337,9 +337,10 @@ def main(argv: list[str] | None = None) -> int:
                 "grid": list(args.grid), "hu_window": list(HU_WINDOW), "data": src,
                 "anchor": model.anchor.meta() if model.anchor is not None else None}, out / "baseline.pt")
     scale = float(model.logit_scale.detach().clamp(max=math.log(100.0)).exp())
-    held_out = getattr(args, "held_out_score", None)
-    base_rules = {f: held_out for f in (model.anchor.held_out if model.anchor is not None else [])} if held_out else {}
-    specs, prompts = finding_specs(embed_texts_fn(model), score_rules=base_rules)
+    from trainer.evaluate.cli import score_rules  # the same rule choice as `train eval`, for both models
+
+    base_meta = {"anchor": model.anchor.meta() if model.anchor is not None else None}  # stores no rules: pair
+    specs, prompts = finding_specs(embed_texts_fn(model), score_rules=score_rules(base_meta, args.held_out_score))
     val, test = split_data(model, studies, "val", embed_dim), split_data(model, studies, "test", embed_dim)
     anchored = model.anchor.names if model.anchor is not None else []
     base_res = evaluate(val, test, specs, prompts, scale, n_boot=args.bootstrap, seed=args.seed,
@@ -354,14 +355,14 @@ def main(argv: list[str] | None = None) -> int:
                             "finding_macro_auroc": base_res["macro"]["finding_auroc"], **base_info}}
 
     if args.organ_checkpoint:
-        from trainer.evaluate.cli import load_splits, prompt_supervised_findings, score_rules, torch_encoders
+        from trainer.evaluate.cli import load_splits, prompt_supervised_findings, torch_encoders
         from trainer.model.flops import flops_per_study
 
         encode, embed_texts, oscale, meta = torch_encoders(args.organ_checkpoint)
         ocfg = meta["model_config"]
         oval, otest, _ = load_splits(args, ocfg["input_shape"], encode, ocfg["embed_dim"],
                                      measurements=int(ocfg.get("measurements", 0)))
-        ospecs, oprompts = finding_specs(embed_texts, score_rules=score_rules(meta, held_out))
+        ospecs, oprompts = finding_specs(embed_texts, score_rules=score_rules(meta, args.held_out_score))
         ores = evaluate(oval, otest, ospecs, oprompts, oscale,
                         n_boot=args.bootstrap, seed=args.seed, prompt_supervised=prompt_supervised_findings(meta))
         from trainer.model.vit3d import ViTConfig
