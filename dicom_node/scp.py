@@ -11,6 +11,7 @@ from pathlib import Path
 
 from pydicom.uid import UID
 from pynetdicom import AE, ALL_TRANSFER_SYNTAXES, evt
+from pynetdicom.pdu import A_ABORT_RQ, A_ASSOCIATE_RJ, A_RELEASE_RP
 from pynetdicom.sop_class import CTImageStorage, EnhancedCTImageStorage, Verification
 
 from dicom_node.config import NodeConfig
@@ -74,6 +75,7 @@ class StorageNode:
             (evt.EVT_CONN_OPEN, self._on_conn_open), (evt.EVT_CONN_CLOSE, self._on_conn_close),
             (evt.EVT_REQUESTED, self._on_requested), (evt.EVT_RELEASED, self._on_end("released")),
             (evt.EVT_ABORTED, self._on_end("aborted")), (evt.EVT_REJECTED, self._on_end("rejected")),
+            (evt.EVT_PDU_SENT, self._on_pdu), (evt.EVT_PDU_RECV, self._on_pdu),
         ]
         self.server = self.ae.start_server((self.config.bind_address, self.config.port), block=False,
                                            evt_handlers=handlers, ssl_context=self._ssl_context())
@@ -131,9 +133,27 @@ class StorageNode:
 
     def _on_end(self, status: str):
         def handler(event) -> None:
-            info = self._info(event.assoc)
-            info["status"] = info["status"] or status
+            self._mark(event.assoc, status)
         return handler
+
+    # The PDU that ends an association, sent or received, and the status it means.
+    _ENDING_PDUS = {A_RELEASE_RP: "released", A_ABORT_RQ: "aborted", A_ASSOCIATE_RJ: "rejected"}
+
+    def _on_pdu(self, event) -> None:
+        """Why this and not only EVT_RELEASED/EVT_ABORTED: those fire in the association's thread AFTER the response
+        has gone out, so a peer that closes the socket at once can make the socket thread (EVT_CONN_CLOSE) write the
+        log row first, and a clean release was logged as "closed". PDUs are sent and received in the socket thread
+        itself, so the ending PDU is always seen before the close."""
+        status = self._ENDING_PDUS.get(type(event.pdu))
+        if status:
+            self._mark(event.assoc, status)
+
+    def _mark(self, assoc, status: str) -> None:
+        """First ending wins (a host refusal set in _on_requested stays). An association already logged is left."""
+        with self._lock:
+            info = self._assocs.get(id(assoc))
+            if info is not None and info["status"] is None:
+                info["status"] = status
 
     def _on_conn_close(self, event) -> None:
         assoc = event.assoc

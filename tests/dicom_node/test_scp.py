@@ -127,6 +127,36 @@ def test_association_logged_without_patient_names(node_factory, caplog):
     assert "Secret" not in caplog.text and "PID-SECRET" not in caplog.text
 
 
+def test_release_is_logged_as_released_when_the_close_comes_first(node_factory, monkeypatch):
+    """pynetdicom fires EVT_RELEASED in the association thread after the A-RELEASE-RP has gone out; the peer may
+    close the socket before that, and the socket thread logs the association. Force that order: the release
+    notification is delayed until the row is written. It must still say "released" (it said "closed")."""
+    from dicom_node.scp import StorageNode
+    original = StorageNode._on_end
+
+    def late_end(self, status):
+        handler = original(self, status)
+
+        def slow(event):
+            for _ in range(50):  # until the close has been logged (at most 5 s)
+                if db_rows(node.db_path, "select count(*) from associations")[0][0]:
+                    break
+                time.sleep(0.1)
+            handler(event)
+        return slow
+
+    import time
+    monkeypatch.setattr(StorageNode, "_on_end", late_end)
+    node = node_factory()
+    assert _send(node, make_study(1)) == [0]
+    for _ in range(50):
+        rows = db_rows(node.db_path, "select status from associations")
+        if rows:
+            break
+        time.sleep(0.1)
+    assert rows == [("released",)]
+
+
 def test_aborted_and_concurrent_senders_lose_nothing(node_factory):
     node = node_factory(max_associations=16)
     acked: list[str] = []
