@@ -199,3 +199,23 @@ def test_resume_after_sigkill_equals_uninterrupted_run(studies, built, tmp_path)
     assert not list((out / "crops").glob(".*.tmp"))
     again = build_pairs(studies, out, workers=1, progress=False)  # a third run has nothing to do
     assert again["processed"] == 0 and _rows(out) == _rows(ref)
+
+
+def test_crop_bank_is_the_same_loaded_by_one_process_or_several(built):
+    """The training bank (encoder inputs, measurements, texts, labels) does not depend on how many processes decode
+    and measure the crops, and keeps the dataset's crop order."""
+    from trainer.model.data import from_pairs
+    out, _ = built
+    splits = ("train", "val", "test")
+    one = from_pairs(out, (16, 32, 32), splits=splits, with_labels=True, measurements=True, workers=1)
+    two = from_pairs(out, (16, 32, 32), splits=splits, with_labels=True, measurements=True, workers=2)
+    assert len(one) == len(two) > 16 and {"train", "val", "test"} <= set(one.split)
+    for name in ("organ", "study", "split", "texts", "key", "labels"):
+        assert getattr(one, name) == getattr(two, name), name
+    assert all(a.dtype == np.float16 and np.array_equal(a, b) for a, b in zip(one.x, two.x))
+    assert all(np.array_equal(a, b) for a, b in zip(one.m, two.m))
+    from trainer.pairs.dataset import USABLE
+    with PairDataset(out) as ds:  # bank order = the dataset's crop order, split by split
+        expected = [(r["study_key"], r["organ"]) for s in splits for r in ds.crops(split=s, status=USABLE)]
+    from appliance.ontology import ORGANS
+    assert [(s, ORGANS[o].name) for s, o in zip(two.study, two.organ)] == expected

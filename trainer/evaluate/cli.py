@@ -112,7 +112,7 @@ def load_splits(args, input_shape, encode, embed_dim, measurements: int = 0):
 
     if args.pairs:
         bank = data.from_pairs(args.pairs, input_shape, splits=("val", "test"), with_labels=True,
-                               measurements=measurements)
+                               measurements=measurements, workers=args.threads)
         src = f"pairs:{args.pairs}"
     else:
         bank = data.from_synth(args.synth_val, 1000 + args.seed, input_shape, kind="analytic", phrasing="train",

@@ -35,7 +35,8 @@ def load_bank(args, cfg: ViTConfig, splits=("train",), measurements: bool = Fals
     """``measurements``: also bank the organ measurements (the contrastive stage of an encoder that takes them; the
     MAE learns from pixels only)."""
     if args.pairs:
-        return from_pairs(args.pairs, cfg.input_shape, splits=splits, measurements=measurements)
+        return from_pairs(args.pairs, cfg.input_shape, splits=splits, measurements=measurements,
+                          workers=getattr(args, "threads", 1))
     return from_synth(args.synth_n, args.synth_seed, cfg.input_shape, measurements=measurements)
 
 

