@@ -198,7 +198,9 @@ class LocalLLM:
         key = json.dumps(schema, sort_keys=True)
         g = self._grammar_cache.get(key)
         if g is None:
-            g = self._llama_cpp.LlamaGrammar.from_json_schema(key, verbose=False)
+            # the grammar writes the properties in the schema's own order (a sorted dump put "impression" before
+            # the text it sums up); the key above is sorted only to find it again
+            g = self._llama_cpp.LlamaGrammar.from_json_schema(json.dumps(schema), verbose=False)
             self._grammar_cache[key] = g
         return g
 

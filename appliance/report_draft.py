@@ -11,7 +11,8 @@ Flow: ``draft_report(findings, organs, llm=...)``
      prompts, synonyms) in a non-negated clause while no finding owning that term was scored positive
      ("no gallstones" is fine; "gallstones are seen" when gallstones were not positive is rejected).
    Matching is longest-term-first so "hypodense liver lesion" is one mention, not also "liver lesion".
-3. Rejected / LLM unavailable / LLM error -> ``template_draft`` (deterministic, built only from scorer output).
+3. Rejected / LLM unavailable / LLM error / no positive finding -> ``template_draft`` (deterministic, built only from
+   scorer output; with nothing positive the LLM is not asked at all).
 4. Rendered text always starts AND ends with DISCLAIMER and always appends the scorer's positive-findings list
    (so an LLM that omits a positive finding cannot hide it); ``model_ids`` record which LLM (or template) wrote it
    and why a draft was rejected.
@@ -31,6 +32,7 @@ log = logging.getLogger(__name__)
 
 DISCLAIMER = "AI DRAFT for radiologist review - not a diagnosis"
 TEMPLATE_ID = "template-v1"
+NOTHING_POSITIVE = "no finding scored above its threshold, so there is nothing for the LLM to describe"
 _NEGATIONS = ("no ", "not ", "without ", "negative for ", "absent ", "absence of ", "free of ", "no evidence of ",
               "rather than ", "nor ")
 _CLAUSE_SPLIT = re.compile(r"[.;:!?\n]|,|\bbut\b|\bhowever\b", re.IGNORECASE)
@@ -314,6 +316,11 @@ def draft_report(findings: list[FindingResult], organs: list[OrganResult], *, ll
     name = getattr(llm, "model_name", type(llm).__name__)
     ids = {"llm": name}
     positive = {(f.organ, f.finding) for f in findings if f.positive}
+    if not positive:
+        # Nothing to describe: the template's "no finding scored above its threshold" is the whole draft, and a
+        # model can only add risk. Measured with the embedded SmolLM2-135M on a no-finding study: 320 tokens of
+        # organ trivia or a looping organ list, then max_tokens and the template anyway, after ~40 s on 2 cores.
+        return template_draft(findings, organs, reason=NOTHING_POSITIVE, extra_ids=ids)
     messages = build_messages(findings, organs)
     try:
         structured = llm.generate_json(messages, draft_schema(analysed or None, positive),

@@ -113,6 +113,30 @@ def test_template_passes_its_own_guard_and_is_deterministic():
     assert check_draft(a.structured, {("liver", "hepatic_steatosis")}, {"liver", "gallbladder", "spleen"}).ok
 
 
+def test_no_positive_finding_is_drafted_without_asking_the_llm():
+    llm = ScriptedLLM({"normal_organs": "The liver is a vital organ.", "impression": "Normal."})
+    negatives = [FindingResult(f.organ, f.finding, 0.1, 0.5, False) for f in FINDINGS]
+    d = draft_report(negatives, ORGANS, llm=llm)
+    assert llm.calls == []
+    assert d.model_ids["draft_source"] == "template" and d.model_ids["llm"] == "scripted-test-llm"
+    assert "nothing for the LLM to describe" in d.model_ids["fallback_reason"]
+    assert "No finding scored above its threshold" in d.draft_text and "vital organ" not in d.draft_text
+    _ends(d.draft_text)
+
+
+def test_grammar_keeps_the_schema_order():
+    """The draft's properties come out in the schema's order (findings, normal organs, then the impression that sums
+    them up), not sorted by name."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    from appliance.llm import LocalLLM
+    from appliance.report_draft import draft_schema
+    llm = LocalLLM.__new__(LocalLLM)
+    llm._grammar_cache, llm._llama_cpp = {}, llama_cpp
+    grammar = llm._grammar(draft_schema(["liver"], {("liver", "hepatic_steatosis")}))
+    root = next(line for line in str(grammar._grammar).splitlines() if line.startswith("root ::="))
+    assert root.index("findings") < root.index("normal-organs") < root.index("impression")
+
+
 def test_real_local_llm_draft_is_valid_or_falls_back():
     llm_mod = pytest.importorskip("llama_cpp")
     from appliance.llm import LLMUnavailable, load_llm
