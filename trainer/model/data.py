@@ -133,7 +133,9 @@ def from_pairs(path: str | Path, input_shape, splits=("train",), limit: int | No
                with_labels: bool = False, measurements: bool | int | str = False, workers: int = 1) -> CropBank:
     """``workers`` > 1: the crops are decoded and measured in that many processes (one study's crops per task, so
     each worker reads a study's file once). Why: the v2 measurements cost ~30 ms a crop, so a 7,000-crop training
-    bank took minutes in one process. The bank is the same whatever ``workers`` is (tests/trainer/test_data.py)."""
+    bank took minutes in one process; val + test of the demo recipe (2,304 crops): 101 s with 1, 51 s with 2. The bank
+    is the same whatever ``workers`` is (tests/trainer/test_pairs.py). The workers are spawned, so a script that
+    calls this with ``workers`` > 1 needs the ``if __name__ == "__main__":`` guard (the CLIs have it)."""
     from trainer.pairs.dataset import USABLE, PairDataset
     bank = CropBank(tuple(input_shape), measurements)
     rows_meta: list[tuple] = []  # (crop_id, organ, study, split, texts, key, label), in bank order
