@@ -136,3 +136,27 @@ def test_called_organ_rule_is_the_appliance_decision():
     muted = {n: (NEVER_POSITIVE if n in liver else t) for n, t in thresholds.items()}
     called = organ_scores(test, specs, prompts, 20.0, muted)["liver"]["called"]
     assert not (called >= 0).any()
+
+
+def test_by_source_reports_a_domain_the_pooled_figure_hides(tmp_path):
+    """A test split of two sources: one where the embeddings carry the findings, one where they are noise. The pooled
+    AUROC sits between them; the per-source figures show which source fails, with the validation thresholds."""
+    from trainer.evaluate.zeroshot import evaluate_by_source, subset
+    specs, prompts = finding_specs(_text_space)
+    val, good = _split(40, 1, specs, prompts), _split(40, 2, specs, prompts)
+    bad = _split(40, 3, specs, prompts)
+    for o in bad.embeddings:  # the "other patient": same truth, uninformative embeddings
+        bad.embeddings[o] = np.random.default_rng(7).normal(size=bad.embeddings[o].shape).astype(np.float32)
+    test = SplitData(good.studies + bad.studies, {o: np.concatenate([good.embeddings[o], bad.embeddings[o]])
+                                                  for o in good.embeddings}, good.labels + bad.labels)
+    sources = ["analytic"] * 40 + ["real-backed"] * 40
+    by = evaluate_by_source(val, test, sources, specs, prompts, 20.0)
+    pooled = evaluate(val, test, specs, prompts, logit_scale=20.0, n_boot=0)["macro"]["finding_auroc"]
+    assert set(by) == {"analytic", "real-backed"} and by["analytic"]["n_studies"] == 40
+    good_auc, bad_auc = by["analytic"]["finding_auroc"], by["real-backed"]["finding_auroc"]
+    assert good_auc > pooled > bad_auc and good_auc - bad_auc > 0.2, (good_auc, pooled, bad_auc)
+    alone = evaluate(val, subset(test, range(40, 80)), specs, prompts, logit_scale=20.0, n_boot=0)["macro"]
+    assert by["real-backed"]["finding_auroc"] == alone["finding_auroc"]
+    res = evaluate(val, test, specs, prompts, logit_scale=20.0, n_boot=0) | {"by_source": by}
+    md = write_outputs(res, tmp_path, plots=False)["markdown"].read_text()
+    assert "| real-backed | 40 |" in md and "By test source" in md

@@ -114,14 +114,19 @@ def load_splits(args, input_shape, encode, embed_dim, measurements: int = 0):
         bank = data.from_pairs(args.pairs, input_shape, splits=("val", "test"), with_labels=True,
                                measurements=measurements, workers=args.threads)
         src = f"pairs:{args.pairs}"
+        from trainer.pairs.dataset import PairDataset
+        with PairDataset(args.pairs) as ds:  # where each study comes from (analytic / real-backed / real)
+            kinds = {r["study_key"]: r["kind"] for r in ds.studies()}
     else:
         bank = data.from_synth(args.synth_val, 1000 + args.seed, input_shape, kind="analytic", phrasing="train",
                                measurements=measurements)
         bank.extend(data.from_synth(args.synth_test, 2000 + args.seed, input_shape, kind="analytic",
                                     phrasing="heldout", measurements=measurements))
         src = f"synth:val {args.synth_val}@{1000 + args.seed}, test {args.synth_test}@{2000 + args.seed}"
+        kinds = {}
     val = split_from_bank(bank, "val", encode, embed_dim)
     test = split_from_bank(bank, "test", encode, embed_dim)
+    test.extra["source"] = [kinds.get(s, "analytic") for s in test.studies]
     return val, test, src
 
 
@@ -153,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from trainer.evaluate.report import write_outputs
-    from trainer.evaluate.zeroshot import evaluate, finding_specs
+    from trainer.evaluate.zeroshot import evaluate, evaluate_by_source, finding_specs
 
     torch.set_num_threads(max(1, args.threads))
     t0 = time.time()
@@ -169,6 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     specs, prompts = finding_specs(embed_texts, score_rules=rules)
     res = evaluate(val, test, specs, prompts, scale, n_boot=args.bootstrap, seed=args.seed,
                    organ_rule=args.organ_rule, prompt_supervised=prompt_supervised_findings(meta))
+    sources = test.extra.get("source", [])
+    if len(set(sources)) > 1:
+        res["by_source"] = evaluate_by_source(val, test, sources, specs, prompts, scale, organ_rule=args.organ_rule,
+                                              prompt_supervised=prompt_supervised_findings(meta))
     extra = {"checkpoint": str(args.checkpoint or ""), "bundle": str(args.bundle or ""), "data": src, "eval_seconds": round(time.time() - t0, 1),
              "model_config": cfg}
     paths = write_outputs(res, args.out, extra=extra, plots=not args.no_plots)

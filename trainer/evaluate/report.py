@@ -55,6 +55,11 @@ def markdown(res: dict, title: str = "Zero-shot evaluation") -> str:
                 f"macro AUROC {_num(m['prompt_supervised_auroc'])} over {m['prompt_supervised_auroc_n']}; "
                 f"**zero-shot findings only: {_num(m['zero_shot_auroc'])}** over {m['zero_shot_auroc_n']}", ""]
                if "zero_shot_auroc" in m else []),
+             *(["By test source (same thresholds; the pooled figures above mix them):", "",
+                "| source | studies | finding AUROC (findings) | organ F1 (organs) |", "| --- | --- | --- | --- |",
+                *(f"| {k} | {v['n_studies']} | {_num(v['finding_auroc'])} ({v['finding_auroc_n']}) | "
+                  f"{_num(v['organ_f1'])} ({v['organ_f1_n']}) |" for k, v in res["by_source"].items()), ""]
+               if res.get("by_source") else []),
              "## Organ-wise lesion classification (organ abnormal or not)", "",
              f"Rule `called` = what the appliance's draft shows (an organ with a finding above that finding's "
              f"threshold); `any` = max finding score against an organ threshold; `abnormal_prompt` = the organ's "
