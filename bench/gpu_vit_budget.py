@@ -17,7 +17,7 @@ torch + CUDA), carrying .gpu. The tracked default bundle (33 MB) plus the payloa
 carries: untrack the bundle for the call (`git rm -r -q --cached appliance/default_bundle`, add it to
 .git/info/exclude) and put it back after (`git reset -q -- appliance/default_bundle`).
 
-    .venv/bin/python bench/gpu_vit_budget.py --prepare .gpu        (add /.gpu/ and /.gpuwork/ to .git/info/exclude)
+    .venv/bin/python bench/gpu_vit_budget.py --prepare .gpu        (.gitignore ignores .gpu/ and .gpuwork/)
     python3 bench/gpu_vit_budget.py --payload .gpu --out $OUT --work .gpuwork --budget 150 --deadline 530
     (the same command again goes on where a cut run stopped)
 
