@@ -150,6 +150,12 @@ def main(argv: list[str] | None = None) -> int:
     def init_args(init: str) -> list[str]:
         return ["--init", init] + (["--from", str(out / "pretrain")] if init == "pretrain" else [])
 
+    def eval_args(run: str, dest: str) -> list[str]:
+        # one protocol for the recipe's model and the ablation's: same split, bootstrap and score rules
+        return (["--checkpoint", str(out / run), "--pairs", str(pairs), "--out", str(out / dest), "--bootstrap",
+                 str(recipe.get("eval", {}).get("bootstrap", 500)), "--threads", str(args.threads)]
+                + eval_score_args(recipe))
+
     if plan["pretrain"] and "pretrain" not in skip:
         _step(summary, "pretrain", out, lambda: pretrain_main(common + ["--out", str(out / "pretrain")]) or
               json.loads((out / "pretrain" / "pretrain_summary.json").read_text()))
@@ -158,19 +164,14 @@ def main(argv: list[str] | None = None) -> int:
             common + ["--out", str(out / "contrastive")] + init_args(plan["init"])) or
             json.loads((out / "contrastive" / "contrastive_summary.json").read_text()))
     if "eval" not in skip:
-        _step(summary, "eval", out, lambda: eval_main(
-            ["--checkpoint", str(out / "contrastive"), "--pairs", str(pairs), "--out", str(out / "eval"),
-             "--bootstrap", str(recipe.get("eval", {}).get("bootstrap", 500)), "--threads", str(args.threads)]
-            + eval_score_args(recipe)) or _macro(out / "eval"))
+        _step(summary, "eval", out, lambda: eval_main(eval_args("contrastive", "eval")) or _macro(out / "eval"))
     if plan["ablation"]:
         other = plan["ablation"]
         _step(summary, f"contrastive_{other}", out, lambda: contrastive_main(
             common + ["--out", str(out / f"contrastive_{other}")] + init_args(other)) or
             json.loads((out / f"contrastive_{other}" / "contrastive_summary.json").read_text()))
-        _step(summary, f"eval_{other}", out, lambda: eval_main(
-            ["--checkpoint", str(out / f"contrastive_{other}"), "--pairs", str(pairs), "--out",
-             str(out / f"eval_{other}"), "--bootstrap", "200", "--threads", str(args.threads)]) or
-            _macro(out / f"eval_{other}"))
+        _step(summary, f"eval_{other}", out, lambda: eval_main(eval_args(f"contrastive_{other}", f"eval_{other}"))
+              or _macro(out / f"eval_{other}"))
     summary["flops"] = flops_per_study(model_config_from_recipe(recipe))
     summary["total_seconds"] = round(time.time() - t_all, 1)
     summary["checkpoint"] = str(out / "contrastive" / "final.pt")

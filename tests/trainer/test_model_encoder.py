@@ -180,3 +180,26 @@ def test_recipe_eval_section_sets_the_held_out_score_rule():
     assert eval_score_args({"eval": {"held_out_score": "positive"}}) == ["--held-out-score", "positive"]
     assert eval_score_args({"eval": {}}) == [] and eval_score_args({}) == []
     assert eval_score_args(load_recipe("demo")) == ["--held-out-score", "positive"]
+
+
+def test_recipe_ablation_is_evaluated_under_the_same_protocol(tmp_path, monkeypatch):
+    """`train recipe --ablation`: the other start's model is scored with the same bootstrap and score rules as the
+    recipe's own (it was scored with `pair` for every finding while the recipe's used its [eval] rule). The training
+    and eval entry points are replaced by recorders: what is under test is the arguments the recipe hands them."""
+    import trainer.evaluate.cli as eval_cli
+    import trainer.model.contrastive as contrastive
+    from trainer.recipe import main
+
+    evals = []
+    monkeypatch.setattr(contrastive, "main", lambda argv: {"recorded": argv})
+    monkeypatch.setattr(eval_cli, "main", lambda argv: evals.append(argv) or {"recorded": True})
+    assert main(["demo", "--out", str(tmp_path), "--pairs", str(tmp_path / "pairs"), "--ablation",
+                 "--skip", "pretrain"]) == 0
+    assert len(evals) == 2
+
+    def protocol(argv):
+        return [a for i, a in enumerate(argv) if argv[i - 1] not in ("--checkpoint", "--out") and
+                a not in ("--checkpoint", "--out")]
+    assert protocol(evals[0]) == protocol(evals[1])
+    assert "--held-out-score" in evals[1] and evals[1][evals[1].index("--bootstrap") + 1] == "500"
+    assert evals[1][evals[1].index("--checkpoint") + 1].endswith("contrastive_pretrain")
