@@ -161,9 +161,9 @@ def from_pairs(path: str | Path, input_shape, splits=("train",), limit: int | No
         tasks.setdefault(study, []).append((crop_id, organ))
     encoded: dict[int, tuple] = {}
     workers = max(1, min(int(workers), len(tasks)))
-    if workers == 1:
-        for jobs in tasks.values():
-            encoded.update(zip((c for c, _ in jobs), _encode_crops(str(path), jobs, input_shape, bank.measurements)))
+    if workers == 1:  # one pass, one connection; jobs stay grouped by study, so each study file is read once
+        jobs = [j for js in tasks.values() for j in js]
+        encoded.update(zip((c for c, _ in jobs), _encode_crops(str(path), jobs, input_shape, bank.measurements)))
     else:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
