@@ -136,3 +136,19 @@ def test_contrastive_trainer_interface():
     tw.eval(), back.eval()
     with torch.no_grad():
         assert torch.allclose(tw.project(tw.base(ids, mask)), back(ids, mask), atol=1e-6)
+
+
+def test_minilm_dir_override_is_used_and_a_wrong_one_is_refused(tmp_path, monkeypatch):
+    """TOTALFM_MINILM_DIR (a copy on a host without the package): used when it holds the model; a folder without
+    model.safetensors is refused with a message naming the variable, never silently replaced by the package."""
+    import shutil
+    src = minilm_dir()
+    copy = tmp_path / "minilm"
+    copy.mkdir()
+    for name in ("config.json", "tokenizer.json", "model.safetensors"):
+        shutil.copy2(src / name, copy / name)
+    monkeypatch.setenv("TOTALFM_MINILM_DIR", str(copy))
+    assert minilm_dir() == copy
+    monkeypatch.setenv("TOTALFM_MINILM_DIR", str(tmp_path / "empty"))
+    with pytest.raises(RuntimeError, match="TOTALFM_MINILM_DIR"):
+        minilm_dir()
