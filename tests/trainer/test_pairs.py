@@ -219,3 +219,20 @@ def test_crop_bank_is_the_same_loaded_by_one_process_or_several(built):
         expected = [(r["study_key"], r["organ"]) for s in splits for r in ds.crops(split=s, status=USABLE)]
     from appliance.ontology import ORGANS
     assert [(s, ORGANS[o].name) for s, o in zip(two.study, two.organ)] == expected
+
+
+def test_a_damaged_crop_file_stops_the_bank_with_the_study_named(built, tmp_path):
+    """A crop file damaged after build-pairs: loading a bank (in worker processes too) stops with an error naming the
+    file and the study, and reading it changes nothing on disk."""
+    from appliance.errors import TotalFMError
+    from trainer.model.data import from_pairs
+    src, _ = built
+    out = tmp_path / "pairs"
+    shutil.copytree(src, out)
+    victim = sorted((out / "crops").glob("*.npz"))[0]
+    victim.write_bytes(victim.read_bytes()[:200])  # truncated
+    before = {p.name: p.read_bytes() for p in (out / "crops").glob("*.npz")}
+    for workers in (1, 2):
+        with pytest.raises(TotalFMError, match=f"study {victim.stem} cannot be read"):
+            from_pairs(out, (16, 32, 32), splits=("train", "val", "test"), measurements=True, workers=workers)
+    assert {p.name: p.read_bytes() for p in (out / "crops").glob("*.npz")} == before

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from appliance.errors import TotalFMError
 from trainer.pairs.index import connect
 
 USABLE = ("ok", "partial_in_crop", "truncated_by_scan")  # crop statuses that have an image stored
@@ -63,8 +65,13 @@ class PairDataset:
             raise KeyError(f"crop {crop_id} ({row['study_key']}/{row['organ']}) has no image (organ absent or too small)")
         key = row["study_key"]
         if self._npz_cache is None or self._npz_cache[0] != key:
-            with np.load(self.npz_path(key)) as z:
-                self._npz_cache = (key, {k: z[k] for k in z.files})
+            try:
+                with np.load(self.npz_path(key)) as z:
+                    self._npz_cache = (key, {k: z[k] for k in z.files})
+            except (OSError, ValueError, zipfile.BadZipFile) as exc:  # missing, truncated or overwritten file
+                raise TotalFMError(f"{self.npz_path(key)}: the crops of study {key} cannot be read ({exc}); the index "
+                                   "lists them, so the file was damaged or removed after build-pairs wrote it: "
+                                   "restore it, or build the dataset again") from None
         arrays = self._npz_cache[1]
         return arrays[f"{row['organ']}/image"].astype(np.float32), arrays[f"{row['organ']}/mask"].astype(np.uint8)
 
