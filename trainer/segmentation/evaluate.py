@@ -5,7 +5,8 @@
 
 Held-out sets (never the training patient, see seg_data): the *other* real patient (checkpoint provenance says which
 one it was trained on: A -> test on the DICOM series B; B -> test on both NIfTI scans of A) and analytic phantoms with
-seeds >= 2000. Prediction is ``appliance.segment.segment_volume`` with a torch ``predict`` (infer_torch), Dice is
+seeds >= 2000, in two views: abdominal (as the real scans; the esophagus and prostate are slivers at its edges) and
+the whole torso (seeds >= 2100, where they are whole). Prediction is ``appliance.segment.segment_volume`` with a torch ``predict`` (infer_torch), Dice is
 computed on the test scan's own grid against the TotalSegmentator reference mapped to organ label space. Every organ
 present in the reference (or predicted) is reported.
 """
@@ -48,7 +49,8 @@ def evaluate_volume(model, pp, image: Volume, ref: np.ndarray) -> dict:
 
 def held_out_sets(train_patient: str, n_phantoms: int, data_dir=None):
     """Yield (set name, case name, image Volume, organ reference array on that grid)."""
-    from trainer.segmentation.seg_data import TEST_PHANTOM_GEOMETRY, load_real
+    from trainer.segmentation.seg_data import (TEST_PHANTOM_GEOMETRY, TEST_WHOLE_TORSO_GEOMETRY,
+                                               TEST_WHOLE_TORSO_SEED, load_real)
     from appliance.crops import organ_index_map
 
     held = "B" if train_patient == "A" else "A"
@@ -56,11 +58,14 @@ def held_out_sets(train_patient: str, n_phantoms: int, data_dir=None):
         yield f"real patient {held}", name, img, org.array
     from trainer.synth.study import generate_study
 
-    shape, sp = TEST_PHANTOM_GEOMETRY
-    for i in range(n_phantoms):
-        st = generate_study(kind="analytic", seed=2000 + i, index=0, shape=shape, spacing=sp)
-        img = Volume(st.image.array.astype(np.float32), st.image.spacing, st.image.origin, st.image.direction)
-        yield "analytic phantoms (seeds >= 2000)", f"analytic seed {2000 + i}", img, organ_index_map(st.labels)
+    views = (("analytic phantoms (seeds >= 2000)", 2000, TEST_PHANTOM_GEOMETRY),
+             (f"analytic phantoms, whole torso (seeds >= {TEST_WHOLE_TORSO_SEED})", TEST_WHOLE_TORSO_SEED,
+              TEST_WHOLE_TORSO_GEOMETRY))
+    for set_name, seed0, (shape, sp) in views:
+        for i in range(n_phantoms):
+            st = generate_study(kind="analytic", seed=seed0 + i, index=0, shape=shape, spacing=sp)
+            img = Volume(st.image.array.astype(np.float32), st.image.spacing, st.image.origin, st.image.direction)
+            yield set_name, f"analytic seed {seed0 + i}", img, organ_index_map(st.labels)
 
 
 def summarise(results: list[dict]) -> dict:
@@ -86,6 +91,23 @@ def format_table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def _from_bundle(path):
+    from appliance.bundle import load_bundle
+    from trainer.segmentation.init_weights import _bundle_root, load_init
+    from trainer.segmentation.unet import build
+
+    start = load_init(path)
+    if start.held_out_patient is None:
+        raise SystemExit(f"{path}: the bundle does not say which real patient its segmenter was tested on "
+                         "(provenance metrics 'real patient A|B'); evaluate its checkpoint instead")
+    model = build(start.config)
+    model.load_state_dict(start.state_dict)
+    model.eval()
+    pp = load_bundle(_bundle_root(Path(path))).model("segmentation").preprocessing
+    ck = {"metrics": {}, "provenance": {"init_from": start.source}}
+    return ck, model, pp, "A" if start.held_out_patient == "B" else "B"
+
+
 def evaluate_checkpoint(ckpt_path: str | Path, *, n_phantoms: int = 3, data_dir=None, log=print,
                         postprocess="checkpoint") -> dict:
     """``postprocess``: "checkpoint" (the rule the checkpoint carries, what its bundle would run), None (no clean-up)
@@ -95,9 +117,12 @@ def evaluate_checkpoint(ckpt_path: str | Path, *, n_phantoms: int = 3, data_dir=
     from trainer.segmentation.unet import build_from_checkpoint, load_checkpoint
 
     torch.set_num_threads(2)
-    ck = load_checkpoint(ckpt_path)
-    train_patient = ck.get("provenance", {}).get("train_patient", "A")
-    model, pp = build_from_checkpoint(ckpt_path)
+    if Path(ckpt_path).suffix == ".pt":
+        ck = load_checkpoint(ckpt_path)
+        train_patient = ck.get("provenance", {}).get("train_patient", "A")
+        model, pp = build_from_checkpoint(ckpt_path)
+    else:  # a bundle: score the segmenter that ships, with the preprocessing and clean-up it runs
+        ck, model, pp, train_patient = _from_bundle(ckpt_path)
     if postprocess != "checkpoint":
         pp.pop("postprocess", None)
         if postprocess:
@@ -119,8 +144,9 @@ def evaluate_checkpoint(ckpt_path: str | Path, *, n_phantoms: int = 3, data_dir=
 
 def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="totalfm train seg-eval", description=__doc__.split("\n")[0])
-    ap.add_argument("checkpoint")
-    ap.add_argument("--phantoms", type=int, default=3, help="held-out analytic phantoms (seeds 2000..)")
+    ap.add_argument("checkpoint", help="a seg checkpoint (.pt) or a model bundle folder (scores what it ships)")
+    ap.add_argument("--phantoms", type=int, default=3,
+                    help="held-out analytic phantoms per view: abdominal (seeds 2000..) and whole torso (2100..)")
     ap.add_argument("--data-dir", default=None)
     ap.add_argument("--json", default=None, help="write the full result here")
     ap.add_argument("--write-metrics", action="store_true", help="store the Dice summary in the checkpoint's metrics")
@@ -137,6 +163,9 @@ def main(argv: list[str]) -> int:
         post = postprocess_from_recipe(load_recipe(post))
     elif post == "none":
         post = None
+    if (a.write_metrics or a.write_postprocess) and Path(a.checkpoint).suffix != ".pt":
+        ap.error("--write-metrics / --write-postprocess write into a checkpoint (.pt), never into a bundle (its files "
+                 "are checksummed); re-export the bundle from a checkpoint instead")
     if a.write_postprocess and post == "checkpoint":
         ap.error("--write-postprocess needs --postprocess RECIPE or none")
     res = evaluate_checkpoint(a.checkpoint, n_phantoms=a.phantoms, data_dir=a.data_dir,

@@ -100,10 +100,24 @@ def train(recipe: dict, out: Path, *, train_patient: str | None = None, iteratio
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
     pp = preprocessing_from_recipe(recipe)
+    # the starting weights are checked before the data is built: a refusal should not cost minutes of caching
+    start = None
+    if init:  # continue from an earlier checkpoint or a bundle's segmenter, same architecture (a further stage)
+        from trainer.segmentation.init_weights import load_init
+
+        start = load_init(init)
+        if start.held_out_patient == train_patient:
+            raise TotalFMError(f"--init {init} was trained with patient {train_patient} held out; training it on "
+                               f"patient {train_patient} now would leave no held-out real patient to test on. "
+                               f"Continue with --train-patient {'A' if train_patient == 'B' else 'B'}")
+        if list(start.config["channels"]) != list(recipe["model"]["channels"]):
+            raise TotalFMError(f"--init {init} has channels {start.config['channels']}, the recipe "
+                               f"{recipe['model']['channels']}; use a recipe with the same [model] channels")
     t0 = time.time()
     cache = Path(d["cache_dir"]) if d.get("cache_dir") else None
     cases = training_cases(train_patient, pp["spacing_mm"], n_analytic=int(d["n_analytic"]),
-                           n_realbacked=int(d["n_realbacked"]), seed=seed, data_dir=data_dir, cache_dir=cache, log=log)
+                           n_realbacked=int(d["n_realbacked"]), n_whole_torso=int(d.get("n_whole_torso", 0)),
+                           seed=seed, data_dir=data_dir, cache_dir=cache, log=log)
     t_data = time.time() - t0
     log(f"data ready in {t_data:.0f}s")
     weights = [float(t.get("real_weight", 3.0)) if c.name.startswith("ts_") else 1.0 for c in cases]
@@ -111,11 +125,9 @@ def train(recipe: dict, out: Path, *, train_patient: str | None = None, iteratio
     sampler = PatchSampler(cases, pp["patch_size"], pp, rng=rng, p_class=float(t.get("p_class", 0.7)),
                            case_weights=weights, **spatial)
     model = build({"channels": recipe["model"]["channels"]})
-    if init:  # continue from an earlier checkpoint of the same architecture (a second budgeted stage)
-        from trainer.segmentation.unet import load_checkpoint
-
-        model.load_state_dict(load_checkpoint(init)["state_dict"])
-        log(f"initialised from {init}")
+    if start is not None:
+        model.load_state_dict(start.state_dict)
+        log(f"initialised from {start.source}")
     n_classes = model.config["n_classes"]
     opt = torch.optim.AdamW(model.parameters(), lr=float(t["lr"]), weight_decay=1e-4)
     lr0 = float(t["lr"])
@@ -123,7 +135,7 @@ def train(recipe: dict, out: Path, *, train_patient: str | None = None, iteratio
     deadline = t0 + max_minutes * 60
     provenance = {"train_patient": train_patient, "held_out_patient": "B" if train_patient == "A" else "A",
                   "recipe": recipe, "git_commit": _git_commit(),
-                  "init_from": str(init) if init else None, "cases": [c.name for c in cases]}
+                  "init_from": start.source if start else None, "cases": [c.name for c in cases]}
     losses: list[float] = []
     it = 0
     model.train()
@@ -166,7 +178,9 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--iterations", type=int, default=None)
     ap.add_argument("--max-minutes", type=float, default=None)
     ap.add_argument("--data-dir", default=None, help="shared data folder (default: TOTALFM_SHARED_DATA or ../shared/data)")
-    ap.add_argument("--init", default=None, help="start from this checkpoint's weights (continue training)")
+    ap.add_argument("--init", default=None,
+                    help="start from these weights: a seg checkpoint (.pt) or a model bundle's segmenter (its "
+                         "folder); the bundle's graph must reproduce its own logits; the held-out patient stays out")
     ap.add_argument("--eval", action="store_true", help="run seg-eval on the held-out patient + phantoms afterwards")
     a = ap.parse_args(argv)
     recipe = load_recipe(a.recipe)
