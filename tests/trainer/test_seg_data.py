@@ -99,3 +99,34 @@ def test_spatial_settings_are_validated():
         _sampler_on(img, lab, p_spatial=1.5)
     with pytest.raises(ValueError, match="scale_range"):
         _sampler_on(img, lab, scale_range=(1.2, 0.8))
+
+
+def test_whole_torso_views_hold_the_esophagus_and_prostate_that_abdominal_views_cut():
+    """Session 11: in the abdominal test view the esophagus and prostate are slivers at the scan's edges, so the
+    segmenter never learnt them. The whole-torso view must hold them whole (not touching the first or last slice)."""
+    from trainer.segmentation.seg_data import TEST_PHANTOM_GEOMETRY, WHOLE_TORSO_VIEW_MM, whole_torso_geometry
+    from trainer.synth.study import generate_study
+    from appliance.crops import organ_index_map
+
+    rng = np.random.default_rng(3)
+    for _ in range(20):
+        (nz, ny, nx), (sz, sy, sx) = whole_torso_geometry(rng)
+        assert nz * sz >= WHOLE_TORSO_VIEW_MM and ny == nx
+    eso, pro = (ontology.ORGAN_NAMES.index(n) + 1 for n in ("esophagus", "prostate"))
+    coarse = (6.0, 8.0, 8.0)
+    for seed in range(2100, 2110):  # a male phantom, at a coarse spacing so the test stays fast
+        whole = generate_study(kind="analytic", seed=seed, index=0, shape=(int(np.ceil(WHOLE_TORSO_VIEW_MM / 6.0)), 48, 48),
+                               spacing=coarse, findings=[])
+        if whole.phantom.sex == "male":
+            break
+    lab = organ_index_map(whole.labels)
+    zs = np.flatnonzero((lab == pro).any(axis=(1, 2)))
+    assert zs.size and zs[0] > 0 and zs[-1] < lab.shape[0] - 1  # the whole prostate
+    (nz, _, _), (sz, _, _) = TEST_PHANTOM_GEOMETRY
+    cut = generate_study(kind="analytic", seed=seed, index=0, shape=(int(round(nz * sz / 6.0)), 48, 48),
+                         spacing=coarse, findings=[])
+    lab_cut = organ_index_map(cut.labels)
+    assert (lab_cut == pro).sum() < 0.75 * (lab == pro).sum()  # the abdominal view cuts the prostate
+    # the esophagus leaves the top of any torso scan (as at the thoracic inlet of a real chest CT), but the whole
+    # view holds its thoracic part, several times what the abdominal view shows
+    assert (lab == eso).sum() > 3 * (lab_cut == eso).sum()
