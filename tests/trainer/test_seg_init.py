@@ -12,6 +12,7 @@ import onnxruntime as ort
 import pytest
 import torch
 
+from appliance import ontology
 from appliance.bundle import write_manifest
 from appliance.errors import TotalFMError
 from trainer.segmentation import train as seg_train
@@ -84,3 +85,34 @@ def test_seg_eval_never_writes_into_a_bundle(capsys):
 def test_missing_init_path_is_a_clear_error(tmp_path):
     with pytest.raises(TotalFMError, match="no such file"):
         load_init(tmp_path / "nope.pt")
+
+
+def test_seg_eval_of_a_bundle_scores_what_the_appliance_runs(monkeypatch):
+    """seg-eval BUNDLE runs the rebuilt U-Net in torch with the bundle's preprocessing and clean-up; its labels must
+    be the appliance's (ONNX Runtime, appliance.pipeline.segment_stage) on the same scan."""
+    from appliance.bundle import load_bundle
+    from appliance.backends import open_model
+    from appliance.crops import organ_index_map
+    from appliance.pipeline import segment_stage
+    from appliance.segment import dice_per_label
+    from trainer.segmentation import evaluate
+    from trainer.synth.study import generate_study
+
+    st = generate_study(kind="analytic", seed=2000, index=0, shape=(40, 48, 48), spacing=(9.0, 8.0, 8.0), findings=[])
+    ref = organ_index_map(st.labels)
+    img = st.image.with_array(st.image.array.astype(np.float32))
+
+    def one_case(train_patient, n_phantoms, data_dir=None):
+        assert train_patient == "A"  # read from the bundle: its segmenter was tested on patient B
+        yield "tiny", "phantom", img, ref
+
+    monkeypatch.setattr(evaluate, "held_out_sets", one_case)
+    res = evaluate.evaluate_checkpoint(BUNDLE, n_phantoms=1)
+    spec = load_bundle(BUNDLE).model("segmentation")
+    assert res["postprocess"] == spec.preprocessing["postprocess"]
+    labels = segment_stage(img, open_model(spec.path, "cpu", threads=2), spec.preprocessing).array
+    names = [o.name for o in ontology.ORGANS]
+    want = {names[k - 1]: v for k, v in dice_per_label(labels, ref, range(1, 17)).items() if np.isfinite(v)}
+    got = {name: v["dice"] for name, v in res["cases"][0]["organs"].items()}
+    assert want and got.keys() == want.keys()
+    assert all(abs(got[k] - want[k]) < 2e-3 for k in want)

@@ -92,8 +92,7 @@ def format_table(summary: dict) -> str:
 
 
 def _from_bundle(path):
-    from appliance.bundle import load_bundle
-    from trainer.segmentation.init_weights import _bundle_root, load_init
+    from trainer.segmentation.init_weights import load_init
     from trainer.segmentation.unet import build
 
     start = load_init(path)
@@ -103,9 +102,8 @@ def _from_bundle(path):
     model = build(start.config)
     model.load_state_dict(start.state_dict)
     model.eval()
-    pp = load_bundle(_bundle_root(Path(path))).model("segmentation").preprocessing
     ck = {"metrics": {}, "provenance": {"init_from": start.source}}
-    return ck, model, pp, "A" if start.held_out_patient == "B" else "B"
+    return ck, model, start.preprocessing, "A" if start.held_out_patient == "B" else "B"
 
 
 def evaluate_checkpoint(ckpt_path: str | Path, *, n_phantoms: int = 3, data_dir=None, log=print,

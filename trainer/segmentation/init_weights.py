@@ -32,6 +32,7 @@ class InitWeights:
     config: dict               # UNet3D config (channels, ...)
     held_out_patient: str | None  # "A" | "B" | None when the source does not say
     source: str                 # what the weights came from, for the checkpoint's provenance
+    preprocessing: dict         # what the model was run with (spacing, patch, clean-up ...)
 
 
 def load_init(path: str | Path) -> InitWeights:
@@ -51,7 +52,8 @@ def _from_checkpoint(p: Path) -> InitWeights:
     onto = ckpt.get("ontology", {})
     ontology.check_compatible(onto.get("version", "?"), onto.get("fingerprint"), what=f"segmentation checkpoint {p}")
     held = (ckpt.get("provenance") or {}).get("held_out_patient")
-    return InitWeights(ckpt["state_dict"], dict(ckpt["config"]), held, f"checkpoint {p}")
+    return InitWeights(ckpt["state_dict"], dict(ckpt["config"]), held, f"checkpoint {p}",
+                       dict(ckpt.get("preprocessing") or {}))
 
 
 def _bundle_root(p: Path) -> Path:
@@ -94,7 +96,7 @@ def _from_bundle(p: Path) -> InitWeights:
     model.load_state_dict(state)
     _check_parity(model, spec.path, spec.preprocessing)
     return InitWeights(state, dict(model.config), _held_out_from_bundle(bundle.provenance),
-                       f"bundle {bundle.bundle_id} ({spec.path})")
+                       f"bundle {bundle.bundle_id} ({spec.path})", dict(spec.preprocessing))
 
 
 def _channels(weights: dict, path: Path) -> list[int]:
