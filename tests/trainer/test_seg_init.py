@@ -98,7 +98,7 @@ def test_seg_eval_of_a_bundle_scores_what_the_appliance_runs(monkeypatch):
     from trainer.segmentation import evaluate
     from trainer.synth.study import generate_study
 
-    st = generate_study(kind="analytic", seed=2000, index=0, shape=(40, 48, 48), spacing=(9.0, 8.0, 8.0), findings=[])
+    st = generate_study(kind="analytic", seed=2000, index=0, shape=(24, 32, 32), spacing=(6.0, 6.0, 6.0), findings=[])
     ref = organ_index_map(st.labels)
     img = st.image.with_array(st.image.array.astype(np.float32))
 
