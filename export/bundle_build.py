@@ -111,6 +111,70 @@ def encoder_inputs(n_measurements: int) -> list[str]:
     return ["crop", "organ_index"] + (["measurements"] if n_measurements else [])
 
 
+def export_segmentation(seg_mod, seg_pre: dict, work: Path, parity_batches=None, *, log=lambda s: None):
+    """The U-Net -> ``work``/SEG_FILE (ONNX, dynamic batch) -> (manifest model entry, parity against torch)."""
+    import torch
+
+    patch = [int(x) for x in seg_pre["patch_size"]]
+    log(f"exporting segmentation (patch {patch})")
+    ex = torch.zeros((2, 1, *patch), dtype=torch.float32)
+    export_onnx(seg_mod, (ex,), work / SEG_FILE, input_names=["image"], output_names=["logits"],
+                dynamic_axes={"image": {0: "batch"}})
+    batches = parity_batches or random_batches("segmentation", patch)
+    par = _parity.segmentation_parity("segmentation", seg_mod, ort_session(work / SEG_FILE), batches)
+    ins, outs = io_signature(work / SEG_FILE)
+    return {"file": SEG_FILE, "variants": {"fp32": SEG_FILE}, "inputs": ins, "outputs": outs,
+            "preprocessing": dict(seg_pre), "extra": {}}, par
+
+
+def replace_segmentation(bundle_dir: str | Path, seg_mod, seg_pre: dict, *, checkpoint: str, metrics: dict,
+                         parity_batches=None, bundle_id: str | None = None, log=lambda s: None) -> dict:
+    """Put a retrained segmenter into an existing bundle; the encoders, prompts and thresholds stay as they are.
+
+    Why: a site fine-tunes the segmenter alone (`seg-train --init BUNDLE`), and the encoder checkpoints behind a
+    bundle may not exist on that machine. The change is made on a copy that must pass parity and the appliance's own
+    loader, then swapped in by renames, so a failure or crash leaves the old bundle whole. TensorRT engines of the old
+    segmenter are dropped (they would run the old weights); the bundle gets a new id, because results in the store
+    name the bundle that made them."""
+    root = Path(bundle_dir).resolve()
+    old = load_bundle(root)
+    work = Path(tempfile.mkdtemp(prefix=".bundle-", dir=root.parent))
+    try:
+        shutil.copytree(root, work, dirs_exist_ok=True)
+        entry, par = export_segmentation(seg_mod, seg_pre, work, parity_batches, log=log)
+        _parity.require([par])
+        digest = hashlib.sha256((work / SEG_FILE).read_bytes()).hexdigest()[:8]
+        dropped = []
+
+        def edit(m):
+            m["models"]["segmentation"] = entry
+            trt = m.get("tensorrt") or {}
+            for key in [k for k, e in trt.items() if (e.get("model") if isinstance(e, dict) else k.split("@")[0])
+                        == "segmentation"]:
+                rel = trt.pop(key)["file"] if isinstance(trt[key], dict) else trt.pop(key)
+                (work / rel).unlink(missing_ok=True)
+                dropped.append(key)
+            prov = m.setdefault("provenance", {})
+            prov.setdefault("parity", {})["segmentation"] = par.as_dict()
+            prov.setdefault("metrics", {})["segmentation"] = metrics
+            prov["segmentation_checkpoint"] = str(checkpoint)
+            prov["segmentation_replaced"] = {"previous_bundle_id": old.bundle_id, "dropped_tensorrt": dropped}
+            m["bundle_id"] = bundle_id or f"{old.bundle_id}-seg-{digest}"
+            m["created"] = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+        manifest = update_manifest(work, edit)
+        retired = root.with_name(f".{root.name}.old-{digest}")
+        root.rename(retired)
+        work.rename(root)
+        shutil.rmtree(retired, ignore_errors=True)
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+    log(f"bundle {manifest['bundle_id']} at {root}: segmentation replaced ({'; '.join(dropped) or 'no engines'} "
+        f"dropped)")
+    return manifest
+
+
 def build_bundle(
     out_dir: str | Path,
     *,
@@ -150,18 +214,9 @@ def build_bundle(
     try:
         # ---- segmentation
         if segmentation is not None:
-            seg_mod, seg_pre = segmentation
-            patch = [int(x) for x in seg_pre["patch_size"]]
-            log(f"exporting segmentation (patch {patch})")
-            ex = torch.zeros((2, 1, *patch), dtype=torch.float32)
-            export_onnx(seg_mod, (ex,), work / SEG_FILE, input_names=["image"], output_names=["logits"],
-                        dynamic_axes={"image": {0: "batch"}})
-            batches = parity_inputs.get("segmentation") or random_batches("segmentation", patch)
-            results.append(_parity.segmentation_parity("segmentation", seg_mod, ort_session(work / SEG_FILE),
-                                                       batches))
-            ins, outs = io_signature(work / SEG_FILE)
-            models["segmentation"] = {"file": SEG_FILE, "variants": {"fp32": SEG_FILE}, "inputs": ins,
-                                      "outputs": outs, "preprocessing": dict(seg_pre), "extra": {}}
+            models["segmentation"], par = export_segmentation(*segmentation, work, parity_inputs.get("segmentation"),
+                                                              log=log)
+            results.append(par)
 
         # ---- organ encoder
         enc_mod, enc_meta = organ_encoder
