@@ -45,6 +45,28 @@ def test_patches_are_class_balanced_and_normalised():
     np.testing.assert_allclose(x[:, 0][y == LIVER][:10], 50.0 / 300.0, rtol=1e-5)
 
 
+def test_global_class_sampling_centres_a_class_of_few_cases_as_often_as_any():
+    """A tiny organ in one case of four: drawn per case it is centred in ~1/8 of the class patches, drawn over the
+    training set's classes in ~1/2 (session 11: esophagus and prostate)."""
+    def case(with_tiny):
+        lab = np.zeros((30, 60, 60), np.uint8)
+        lab[5:25, 10:50, 10:50] = LIVER
+        if with_tiny:
+            lab[14:16, 30:32, 30:32] = 6
+        return Case("t", "analytic", np.where(lab > 0, 50.0, -1000.0).astype(np.float32), lab, (3.0,) * 3)
+
+    cases = [case(True), case(False), case(False), case(False)]
+    share = {}
+    for mode in ("case", "global"):
+        s = PatchSampler(cases, PP["patch_size"], PP, rng=np.random.default_rng(0), p_class=1.0, augment=False,
+                         class_sampling=mode)
+        _, y = s.sample(400)
+        share[mode] = float(np.mean([(yy == 6).any() for yy in y]))
+    assert share["case"] < 0.2 and share["global"] > 0.4, share
+    with pytest.raises(ValueError, match="class_sampling"):
+        PatchSampler(cases, PP["patch_size"], PP, rng=np.random.default_rng(0), class_sampling="organ")
+
+
 def test_augmentation_changes_intensity_not_labels():
     rng = np.random.default_rng(1)
     lab = np.zeros((16, 32, 32), np.uint8)

@@ -121,7 +121,8 @@ def train(recipe: dict, out: Path, *, train_patient: str | None = None, iteratio
     t_data = time.time() - t0
     log(f"data ready in {t_data:.0f}s")
     weights = [float(t.get("real_weight", 3.0)) if c.name.startswith("ts_") else 1.0 for c in cases]
-    spatial = {k: t[k] for k in ("p_spatial", "scale_range", "rotate_deg", "tilt_deg") if k in t}  # else: off
+    spatial = {k: t[k] for k in ("p_spatial", "scale_range", "rotate_deg", "tilt_deg", "class_sampling")
+               if k in t}  # else: off / per case
     sampler = PatchSampler(cases, pp["patch_size"], pp, rng=rng, p_class=float(t.get("p_class", 0.7)),
                            case_weights=weights, **spatial)
     model = build({"channels": recipe["model"]["channels"]})
