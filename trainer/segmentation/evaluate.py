@@ -6,9 +6,10 @@
 Held-out sets (never the training patient, see seg_data): the *other* real patient (checkpoint provenance says which
 one it was trained on: A -> test on the DICOM series B; B -> test on both NIfTI scans of A) and analytic phantoms with
 seeds >= 2000, in two views: abdominal (as the real scans; the esophagus and prostate are slivers at its edges) and
-the whole torso (seeds >= 2100, where they are whole). Prediction is ``appliance.segment.segment_volume`` with a torch ``predict`` (infer_torch), Dice is
-computed on the test scan's own grid against the TotalSegmentator reference mapped to organ label space. Every organ
-present in the reference (or predicted) is reported.
+the whole torso (seeds >= 2100, where they are whole). Prediction is ``appliance.segment.segment_volume`` with a torch
+``predict`` (infer_torch), Dice is computed on the test scan's own grid against the TotalSegmentator reference mapped
+to organ label space. Every organ present in the reference (or predicted) is reported. CKPT may also be a model
+bundle: its segmenter is rebuilt from the ONNX weights (init_weights) and scored with the bundle's preprocessing.
 """
 
 from __future__ import annotations

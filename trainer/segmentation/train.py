@@ -1,11 +1,12 @@
 """`totalfm train seg-train`: train the distilled 3-D U-Net on TotalSegmentator label maps (organ label space).
 
     totalfm train seg-train --recipe trainer/recipes/seg_demo.toml --out var/models/seg_demo.pt [--train-patient A|B]
-        [--iterations N] [--max-minutes M] [--eval]
+        [--iterations N] [--max-minutes M] [--init CKPT|BUNDLE] [--eval]
 
 Writes the checkpoint every ``checkpoint_every`` iterations and at the end (atomic replace), so a partial run still
 leaves a usable model. The checkpoint's ``preprocessing`` is exactly what ``appliance.segment.segment_volume`` needs
-(it is copied into the bundle manifest by the exporter).
+(it is copied into the bundle manifest by the exporter). ``--init`` continues from a checkpoint or from the segmenter
+of a model bundle (trainer/segmentation/init_weights.py); `totalfm export seg` puts the result back into a bundle.
 """
 
 from __future__ import annotations
@@ -121,10 +122,10 @@ def train(recipe: dict, out: Path, *, train_patient: str | None = None, iteratio
     t_data = time.time() - t0
     log(f"data ready in {t_data:.0f}s")
     weights = [float(t.get("real_weight", 3.0)) if c.name.startswith("ts_") else 1.0 for c in cases]
-    spatial = {k: t[k] for k in ("p_spatial", "scale_range", "rotate_deg", "tilt_deg", "class_sampling")
-               if k in t}  # else: off / per case
+    sampling = {k: t[k] for k in ("p_spatial", "scale_range", "rotate_deg", "tilt_deg", "class_sampling")
+                if k in t}  # absent: no spatial augmentation, classes drawn per case
     sampler = PatchSampler(cases, pp["patch_size"], pp, rng=rng, p_class=float(t.get("p_class", 0.7)),
-                           case_weights=weights, **spatial)
+                           case_weights=weights, **sampling)
     model = build({"channels": recipe["model"]["channels"]})
     if start is not None:
         model.load_state_dict(start.state_dict)
