@@ -133,9 +133,10 @@ def replace_segmentation(bundle_dir: str | Path, seg_mod, seg_pre: dict, *, chec
 
     Why: a site fine-tunes the segmenter alone (`seg-train --init BUNDLE`), and the encoder checkpoints behind a
     bundle may not exist on that machine. The change is made on a copy that must pass parity and the appliance's own
-    loader, then swapped in by renames, so a failure or crash leaves the old bundle whole. TensorRT engines of the old
-    segmenter are dropped (they would run the old weights); the bundle gets a new id, because results in the store
-    name the bundle that made them."""
+    loader, then swapped in by renames: a failure leaves the old bundle as it was, and a crash between the two renames
+    leaves it whole beside the folder, as ``.<name>.old-<hash>``. TensorRT engines of the old segmenter are dropped
+    (they would run the old weights); the bundle gets a new id, because results in the store name the bundle that
+    made them."""
     root = Path(bundle_dir).resolve()
     old = load_bundle(root)
     work = Path(tempfile.mkdtemp(prefix=".bundle-", dir=root.parent))

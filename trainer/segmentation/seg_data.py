@@ -180,9 +180,8 @@ WHOLE_TORSO_VIEW_MM = FULL_TORSO_Z_MM + 60.0
 def whole_torso_geometry(rng: np.random.Generator):
     """Like :func:`analytic_geometry`, but the field of view spans the phantom's whole torso (450 mm, see
     trainer.synth.study, plus a margin): the esophagus above the diaphragm and the prostate below the bladder are in
-    the scan. In the
-    300-450 mm abdominal views they are slivers or missing (session 11: 37-63 esophagus voxels and 12 prostate voxels
-    in the three held-out phantoms), so a model trained on those never learns them."""
+    the scan. In the 300-450 mm abdominal views they are slivers or missing (session 11: 37-63 esophagus voxels and 12
+    prostate voxels in the three held-out phantoms)."""
     sz = float(rng.uniform(2.5, 5.0))
     sxy = float(rng.uniform(2.5, 4.0))
     nz = int(np.ceil(WHOLE_TORSO_VIEW_MM / sz))
@@ -262,13 +261,13 @@ class PatchSampler:
                     idx = idx[rng.choice(len(idx), 4000, replace=False)]
                 d[lab] = idx
             self.coords.append(d)
+        self.classes = sorted({lab for d in self.coords for lab in d})
 
     def _pick(self) -> tuple[int, np.ndarray]:
         """(case index, patch centre)."""
         if self.class_sampling == "global" and self.rng.random() < self.p_class:
-            classes = sorted({lab for d in self.coords for lab in d})
-            if classes:
-                lab = int(self.rng.choice(classes))
+            if self.classes:
+                lab = int(self.rng.choice(self.classes))
                 have = np.array([lab in d for d in self.coords])
                 p = np.where(have, self.case_p, 0.0)
                 k = int(self.rng.choice(len(self.cases), p=p / p.sum()))
