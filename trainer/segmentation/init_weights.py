@@ -92,7 +92,12 @@ def _from_bundle(p: Path) -> InitWeights:
         raise TotalFMError(f"{spec.path}: the graph does not hold the U-Net's weights by name (missing {missing[:3]}"
                            f"{' ...' if len(missing) > 3 else ''}); re-export it from its checkpoint, or give the "
                            f"checkpoint itself")
-    state = {k: torch.from_numpy(np.array(weights[k], dtype=np.float32)).reshape(want[k].shape) for k in want}
+    wrong = [f"{k} {tuple(weights[k].shape)} != {tuple(want[k].shape)}" for k in want
+             if tuple(weights[k].shape) != tuple(want[k].shape)]
+    if wrong:  # e.g. another class count: the ontology's 16 organs + background are what seg-train trains
+        raise TotalFMError(f"{spec.path}: weights of another shape than this U-Net's ({'; '.join(wrong[:2])}); "
+                           f"it cannot be trained further by seg-train")
+    state = {k: torch.from_numpy(np.array(weights[k], dtype=np.float32)) for k in want}
     model.load_state_dict(state)
     _check_parity(model, spec.path, spec.preprocessing)
     return InitWeights(state, dict(model.config), _held_out_from_bundle(bundle.provenance),
