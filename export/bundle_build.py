@@ -145,16 +145,13 @@ def replace_segmentation(bundle_dir: str | Path, seg_mod, seg_pre: dict, *, chec
         entry, par = export_segmentation(seg_mod, seg_pre, work, parity_batches, log=log)
         _parity.require([par])
         digest = hashlib.sha256((work / SEG_FILE).read_bytes()).hexdigest()[:8]
-        dropped = []
+        dropped = [e.key for e in old.engines("segmentation")]  # Bundle.engines reads both manifest forms
 
         def edit(m):
             m["models"]["segmentation"] = entry
-            trt = m.get("tensorrt") or {}
-            for key in [k for k, e in trt.items() if (e.get("model") if isinstance(e, dict) else k.split("@")[0])
-                        == "segmentation"]:
-                rel = trt.pop(key)["file"] if isinstance(trt[key], dict) else trt.pop(key)
-                (work / rel).unlink(missing_ok=True)
-                dropped.append(key)
+            for e in old.engines("segmentation"):
+                m["tensorrt"].pop(e.key)
+                (work / e.path.relative_to(old.root)).unlink(missing_ok=True)
             prov = m.setdefault("provenance", {})
             prov.setdefault("parity", {})["segmentation"] = par.as_dict()
             prov.setdefault("metrics", {})["segmentation"] = metrics
