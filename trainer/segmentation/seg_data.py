@@ -261,16 +261,18 @@ class PatchSampler:
                     idx = idx[rng.choice(len(idx), 4000, replace=False)]
                 d[lab] = idx
             self.coords.append(d)
-        self.classes = sorted({lab for d in self.coords for lab in d})
+        # for "global" drawing: per class, the case weights of the cases that have it (derived once, not per patch)
+        self.class_case_p = {}
+        for lab in sorted({lab for d in self.coords for lab in d}):
+            p = np.where([lab in d for d in self.coords], self.case_p, 0.0)
+            self.class_case_p[lab] = p / p.sum()
 
     def _pick(self) -> tuple[int, np.ndarray]:
         """(case index, patch centre)."""
         if self.class_sampling == "global" and self.rng.random() < self.p_class:
-            if self.classes:
-                lab = int(self.rng.choice(self.classes))
-                have = np.array([lab in d for d in self.coords])
-                p = np.where(have, self.case_p, 0.0)
-                k = int(self.rng.choice(len(self.cases), p=p / p.sum()))
+            if self.class_case_p:
+                lab = int(self.rng.choice(list(self.class_case_p)))
+                k = int(self.rng.choice(len(self.cases), p=self.class_case_p[lab]))
                 return k, self._at(self.coords[k][lab])
         k = int(self.rng.choice(len(self.cases), p=self.case_p))
         d = self.coords[k]
