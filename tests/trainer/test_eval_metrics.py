@@ -40,6 +40,18 @@ def test_f1_and_best_threshold_hand_computed():
     assert np.isnan(M.f1_score([0, 0], [0.1, 0.2], 0.5))
 
 
+def test_best_threshold_with_a_precision_floor_hand_computed():
+    y = [1, 0, 0, 1, 0, 1, 0, 1, 0, 1]
+    s = np.linspace(1.0, 0.1, 10)
+    # calling everything: precision 5/10, F1 10/15 (the unconstrained max); only the top study: precision 1, F1 1/3;
+    # every other cut has precision <= 1/2
+    assert M.best_threshold(y, s) == pytest.approx((0.1, 2 / 3))
+    assert M.best_threshold(y, s, min_precision=0.5) == pytest.approx((0.1, 2 / 3))
+    assert M.best_threshold(y, s, min_precision=0.6) == pytest.approx((1.0, 1 / 3))
+    thr, f1 = M.best_threshold([0, 1], [0.9, 0.1], min_precision=0.9)  # no cut reaches it
+    assert np.isnan(thr) and f1 == 0.0
+
+
 def test_bootstrap_ci_contains_point_and_is_deterministic():
     rng = np.random.default_rng(1)
     y = rng.random(200) < 0.3

@@ -92,6 +92,12 @@ def test_uninformative_validation_scores_never_call_a_finding_positive():
     thr, vf1, src = calibrate(y, good)
     assert src == "val_max_f1" and 0.1 < thr <= 0.91 and vf1 == 1.0 and M.auroc(y, good) >= MIN_VAL_AUROC
     assert calibrate(np.zeros(10, bool), good)[2] == "default"  # no validation positives: 0.5, flagged
+    # ranked well enough (AUROC 0.70) but every cut calls more negatives than positives: never called
+    y4 = np.array([0, 0, 1, 0, 0, 1, 0, 0] + [0] * 4, bool)
+    noisy = np.linspace(0.9, 0.1, 12)
+    assert M.auroc(y4, noisy) >= MIN_VAL_AUROC
+    assert M.best_threshold(y4, noisy)[0] < 0.9  # what max F1 alone would ship
+    assert calibrate(y4, noisy)[::2] == (NEVER_POSITIVE, "imprecise_on_val")
     # a positive-prompts-only score has no neutral 0.5: without a validation positive it is never called
     assert calibrate(np.zeros(10, bool), good, "positive")[::2] == (NEVER_POSITIVE, "no_val_positive")
 

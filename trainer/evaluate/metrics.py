@@ -85,8 +85,9 @@ def f1_score(y, s, threshold: float) -> float:
     return f1_from(confusion(y, s, threshold))
 
 
-def best_threshold(y, s) -> tuple[float, float]:
-    """-> (threshold, F1 at it) maximising F1 on these scores; (0.5, NaN) without positives."""
+def best_threshold(y, s, min_precision: float = 0.0) -> tuple[float, float]:
+    """-> (threshold, F1 at it) maximising F1 on these scores among the thresholds whose precision is at least
+    ``min_precision``; (0.5, NaN) without positives; (NaN, 0.0) when no threshold reaches that precision."""
     y, s = _clean(y, s)
     if y.sum() == 0 or len(s) == 0:
         return 0.5, float("nan")
@@ -100,8 +101,9 @@ def best_threshold(y, s) -> tuple[float, float]:
     tpk, fpk = tp[last], fp[last]
     fnk = y.sum() - tpk
     f1 = 2 * tpk / (2 * tpk + fpk + fnk)
+    f1 = np.where(tpk >= min_precision * (tpk + fpk), f1, -1.0)  # tpk + fpk >= 1: every candidate calls a study
     k = int(np.argmax(f1))
-    return float(cands[k]), float(f1[k])
+    return (float(cands[k]), float(f1[k])) if f1[k] >= 0 else (float("nan"), 0.0)
 
 
 def bootstrap_ci(metric: Callable[[np.ndarray, np.ndarray], float], y, s, *, n: int = 1000, seed: int = 0,

@@ -8,12 +8,13 @@ from pathlib import Path
 import numpy as np
 
 from appliance.scoring import DISCLAIMER
-from trainer.evaluate.zeroshot import MIN_VAL_AUROC
+from trainer.evaluate.zeroshot import MIN_VAL_AUROC, MIN_VAL_PRECISION
 
 
 def _threshold(r: dict) -> str:
     """Threshold cell: the value, flagged when it was not picked by max F1 on validation."""
     flag = {"default": " (default)", "uninformative_on_val": f" (never positive: val AUROC < {MIN_VAL_AUROC})",
+            "imprecise_on_val": f" (never positive: val precision < {MIN_VAL_PRECISION} at every threshold)",
             "finding_thresholds": " (the findings' own)"}
     return f"{r['threshold']:.3f}{flag.get(r['threshold_source'], '')}"
 

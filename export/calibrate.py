@@ -1,0 +1,87 @@
+"""`totalfm export calibrate --bundle DIR --pairs DATASET`: pick a bundle's finding thresholds again, on a pair dataset.
+
+Why: the thresholds decide what the draft calls positive, and they depend on the validation studies they were picked
+on and on the rule that picks them (trainer.evaluate.zeroshot.calibrate). A site (or a new rule, as in session 12)
+should not need the training checkpoints to re-pick them. This runs the bundle's own graphs the way the appliance
+runs them (ONNX Runtime, the stored prompt embeddings, each finding's stored score rule), picks the thresholds on the
+dataset's validation split and measures them on its test split, both required: thresholds are not shipped without
+their measured effect. The bundle is changed on a copy and swapped in (export.bundle_build.replace_thresholds); it
+gets a new id, and its provenance records the old and new values, the data and the metrics.
+
+    totalfm export calibrate --bundle appliance/default_bundle --pairs var/bigreal/pairs [--dry-run]
+
+The dataset needs studies with evaluation truth in its val and test splits (build-pairs assigns them from truth.json;
+a hospital's own studies come out 'unassigned' and cannot be used for this yet).
+
+AI draft for radiologist review - not a diagnosis.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+from appliance.errors import TotalFMError
+
+
+def calibrate_bundle(bundle: str, pairs: str, *, threads: int = 2, bootstrap: int = 200, dry_run: bool = False,
+                     bundle_id: str | None = None, log=print) -> dict:
+    """-> {"thresholds", "changed", "macro", "manifest"}; see the module docstring. ``manifest`` is the new one, None
+    on a dry run or when no threshold changes."""
+    from appliance.bundle import load_bundle
+    from export.bundle_build import replace_thresholds
+    from trainer.evaluate import cli as ev
+    from trainer.evaluate.zeroshot import MIN_VAL_AUROC, MIN_VAL_PRECISION, evaluate, finding_specs
+
+    t0 = time.time()
+    old = {f.name: f.threshold for f in load_bundle(bundle).findings}
+    encode, embed_texts, scale, meta = ev.bundle_encoders(bundle, threads)
+    cfg = meta["model_config"]
+    args = argparse.Namespace(pairs=pairs, threads=threads, seed=0, synth_val=0, synth_test=0)
+    val, test, src = ev.load_splits(args, cfg["input_shape"], encode, int(cfg["embed_dim"]),
+                                    measurements=int(cfg.get("measurements", 0)))
+    if not len(val) or not len(test):
+        raise TotalFMError(f"{pairs}: {len(val)} validation and {len(test)} test studies with truth; calibration "
+                           "needs both (thresholds on val, their effect measured on test)")
+    specs, prompts = finding_specs(embed_texts, score_rules=ev.score_rules(meta, None))  # the bundle's stored rules
+    res = evaluate(val, test, specs, prompts, scale, n_boot=bootstrap,
+                   prompt_supervised=ev.prompt_supervised_findings(meta))
+    thresholds = {k: float(v) for k, v in res["thresholds"].items() if k in old}
+    changed = {k: [old[k], v] for k, v in thresholds.items() if v != old[k]}
+    macro = {k: v for k, v in res["macro"].items() if k != "findings_na"}
+    log(f"{len(changed)} of {len(old)} thresholds change; on {len(test)} test studies: finding AUROC "
+        f"{macro['finding_auroc']:.3f}, organ F1 {macro['organ_f1']:.3f}")
+    for k, (a, b) in sorted(changed.items()):
+        log(f"  {k:<28} {a:.3f} -> {b:.3f} ({res['findings'][k]['threshold_source']})")
+    out = {"thresholds": thresholds, "changed": changed, "macro": macro, "manifest": None}
+    if dry_run or not changed:  # no call of the draft would change: the bundle (and its id) stays as it is
+        return out
+    calibration = {
+        "data": src, "n_val": len(val), "n_test": len(test), "seconds": round(time.time() - t0, 1),
+        "rule": f"max F1 on validation among thresholds with precision >= {MIN_VAL_PRECISION}; never positive when "
+                f"validation AUROC < {MIN_VAL_AUROC} or no threshold reaches that precision",
+        "threshold_source": {k: res["findings"][k]["threshold_source"] for k in thresholds},
+    }
+    metrics = {"macro": res["macro"], "organ_rule": res["organ_rule"], "organ_thresholds": res["organ_thresholds"],
+               "data": src}
+    out["manifest"] = replace_thresholds(bundle, thresholds, calibration=calibration, metrics=metrics,
+                                         bundle_id=bundle_id, log=log)
+    return out
+
+
+def main(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="totalfm export calibrate", description=__doc__.splitlines()[0])
+    p.add_argument("--bundle", required=True, help="bundle folder whose thresholds are re-picked (changed in place)")
+    p.add_argument("--pairs", required=True, help="pair dataset with val and test studies (train build-pairs)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--bootstrap", type=int, default=200, help="resamples for the CIs stored with the metrics")
+    p.add_argument("--bundle-id", help="the new bundle id (default: the old one + '-cal-' + a hash of the thresholds)")
+    p.add_argument("--dry-run", action="store_true", help="print what would change; write nothing")
+    a = p.parse_args(argv)
+    r = calibrate_bundle(a.bundle, a.pairs, threads=a.threads, bootstrap=a.bootstrap, dry_run=a.dry_run,
+                         bundle_id=a.bundle_id)
+    print(json.dumps({"bundle": a.bundle, "bundle_id": (r["manifest"] or {}).get("bundle_id"),
+                      "dry_run": a.dry_run, "changed": len(r["changed"]),
+                      "finding_auroc": r["macro"]["finding_auroc"], "organ_f1": r["macro"]["organ_f1"]}, indent=2))
+    return 0

@@ -1,0 +1,82 @@
+"""`totalfm export calibrate`: a bundle's finding thresholds re-picked on a pair dataset's validation split, through
+the bundle's own ONNX graphs; the models stay byte for byte, the bundle gets a new id and records what changed."""
+from __future__ import annotations
+
+import hashlib
+import shutil
+from pathlib import Path
+
+import pytest
+
+from appliance.bundle import load_bundle
+from appliance.errors import TotalFMError
+from trainer.evaluate.zeroshot import NEVER_POSITIVE
+from trainer.pairs import build_pairs
+from trainer.synth.output import write_study
+from trainer.synth.study import generate_study
+
+REPO = Path(__file__).resolve().parents[2]
+FINDINGS = [["hepatic_steatosis", "renal_cyst"], ["splenomegaly"], [], ["hepatic_steatosis"], ["renal_cyst", "ascites"],
+            ["splenomegaly", "hepatic_steatosis"]]
+
+
+def _pairs(root: Path, seeds: list[int]) -> Path:
+    for i, seed in enumerate(seeds):  # analytic phantoms: seeds 1000-1999 are validation, >= 2000 test
+        write_study(generate_study("analytic", seed, i, findings=FINDINGS[i % len(FINDINGS)]),
+                    root / "studies" / f"study_{i:02d}", dicom=False)
+    build_pairs(root / "studies", root / "pairs", workers=1, progress=False)
+    return root / "pairs"
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cal")
+    return {"both": _pairs(root / "both", [1000, 1001, 1002, 2000, 2001, 2002]),
+            "val_only": _pairs(root / "val_only", [1003])}
+
+
+def _hashes(bundle: Path) -> dict:
+    return {p.relative_to(bundle).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(bundle.rglob("*")) if p.is_file() and p.name != "manifest.json"}
+
+
+def test_calibrate_repicks_thresholds_keeps_the_models_and_gives_a_new_id(data, tmp_path):
+    from export.calibrate import calibrate_bundle
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(REPO / "appliance" / "default_bundle", bundle)
+    before, models = load_bundle(bundle), _hashes(bundle)
+    manifest_bytes = (bundle / "manifest.json").read_bytes()
+
+    dry = calibrate_bundle(str(bundle), str(data["both"]), threads=1, bootstrap=0, dry_run=True, log=lambda s: None)
+    assert dry["manifest"] is None and (bundle / "manifest.json").read_bytes() == manifest_bytes
+    assert dry["changed"], "six phantoms pick other thresholds than the shipped 96 validation studies"
+
+    r = calibrate_bundle(str(bundle), str(data["both"]), threads=1, bootstrap=0, log=lambda s: None)
+    after = load_bundle(bundle)  # the appliance's own loader accepts it
+    assert r["thresholds"] == dry["thresholds"]  # the same data, the same thresholds
+    assert {f.name: f.threshold for f in after.findings} == r["thresholds"]
+    assert after.bundle_id.startswith(before.bundle_id + "-cal-")
+    assert _hashes(bundle) == models  # no graph, prompt table or tokenizer touched
+    cal = after.provenance["calibration"]
+    assert (cal["n_val"], cal["n_test"], cal["previous_bundle_id"]) == (3, 3, before.bundle_id)
+    assert cal["changed"] == {k: [a, b] for k, (a, b) in r["changed"].items()}
+    for name, src in cal["threshold_source"].items():  # never-called findings carry the threshold no score reaches
+        assert (r["thresholds"][name] == NEVER_POSITIVE) == (src in ("uninformative_on_val", "imprecise_on_val",
+                                                                     "no_val_positive")), name
+    assert after.provenance["metrics"]["encoder"]["data"] == f"pairs:{data['both']}"
+    assert not list(tmp_path.glob(".bundle-*")) and not list(tmp_path.glob(".bundle.old-*"))  # no leftovers
+
+    again = calibrate_bundle(str(bundle), str(data["both"]), threads=1, bootstrap=0, log=lambda s: None)
+    assert again["changed"] == {} and again["manifest"] is None and load_bundle(bundle).bundle_id == after.bundle_id
+
+
+def test_calibrate_refuses_a_dataset_without_test_studies_and_leaves_the_bundle(data, tmp_path):
+    from export.calibrate import calibrate_bundle
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(REPO / "appliance" / "default_bundle", bundle)
+    manifest_bytes = (bundle / "manifest.json").read_bytes()
+    with pytest.raises(TotalFMError, match="1 validation and 0 test studies"):
+        calibrate_bundle(str(bundle), str(data["val_only"]), threads=1, bootstrap=0, log=lambda s: None)
+    assert (bundle / "manifest.json").read_bytes() == manifest_bytes
