@@ -127,25 +127,45 @@ def export_segmentation(seg_mod, seg_pre: dict, work: Path, parity_batches=None,
             "preprocessing": dict(seg_pre), "extra": {}}, par
 
 
+def _rebuild_in_place(root: Path, change: Callable[[Path], dict], tag: str) -> dict:
+    """Let ``change`` edit a copy of the bundle at ``root`` (it returns the copy's manifest, loaded by the appliance's
+    own loader), then swap the copy in by renames. Why: a failure leaves the old bundle as it was, and a crash between
+    the two renames leaves it whole beside the folder, as ``.<name>.old-<tag>``."""
+    work = Path(tempfile.mkdtemp(prefix=".bundle-", dir=root.parent))
+    try:
+        shutil.copytree(root, work, dirs_exist_ok=True)
+        manifest = change(work)
+        retired = root.with_name(f".{root.name}.old-{tag}")
+        root.rename(retired)
+        work.rename(root)
+        shutil.rmtree(retired, ignore_errors=True)
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+    return manifest
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+
+
 def replace_segmentation(bundle_dir: str | Path, seg_mod, seg_pre: dict, *, checkpoint: str, metrics: dict,
                          parity_batches=None, bundle_id: str | None = None, log=lambda s: None) -> dict:
     """Put a retrained segmenter into an existing bundle; the encoders, prompts and thresholds stay as they are.
 
     Why: a site fine-tunes the segmenter alone (`seg-train --init BUNDLE`), and the encoder checkpoints behind a
-    bundle may not exist on that machine. The change is made on a copy that must pass parity and the appliance's own
-    loader, then swapped in by renames: a failure leaves the old bundle as it was, and a crash between the two renames
-    leaves it whole beside the folder, as ``.<name>.old-<hash>``. TensorRT engines of the old segmenter are dropped
-    (they would run the old weights); the bundle gets a new id, because results in the store name the bundle that
-    made them."""
+    bundle may not exist on that machine. The new graph must pass parity and the appliance's loader before it is
+    swapped in (``_rebuild_in_place``). TensorRT engines of the old segmenter are dropped (they would run the old
+    weights); the bundle gets a new id, because results in the store name the bundle that made them."""
     root = Path(bundle_dir).resolve()
     old = load_bundle(root)
-    work = Path(tempfile.mkdtemp(prefix=".bundle-", dir=root.parent))
-    try:
-        shutil.copytree(root, work, dirs_exist_ok=True)
+    dropped = [e.key for e in old.engines("segmentation")]  # Bundle.engines reads both manifest forms
+    digest = []
+
+    def change(work: Path) -> dict:
         entry, par = export_segmentation(seg_mod, seg_pre, work, parity_batches, log=log)
         _parity.require([par])
-        digest = hashlib.sha256((work / SEG_FILE).read_bytes()).hexdigest()[:8]
-        dropped = [e.key for e in old.engines("segmentation")]  # Bundle.engines reads both manifest forms
+        digest.append(hashlib.sha256((work / SEG_FILE).read_bytes()).hexdigest()[:8])
 
         def edit(m):
             m["models"]["segmentation"] = entry
@@ -157,19 +177,45 @@ def replace_segmentation(bundle_dir: str | Path, seg_mod, seg_pre: dict, *, chec
             prov.setdefault("metrics", {})["segmentation"] = metrics
             prov["segmentation_checkpoint"] = str(checkpoint)
             prov["segmentation_replaced"] = {"previous_bundle_id": old.bundle_id, "dropped_tensorrt": dropped}
-            m["bundle_id"] = bundle_id or f"{old.bundle_id}-seg-{digest}"
-            m["created"] = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+            m["bundle_id"] = bundle_id or f"{old.bundle_id}-seg-{digest[0]}"
+            m["created"] = _now()
 
-        manifest = update_manifest(work, edit)
-        retired = root.with_name(f".{root.name}.old-{digest}")
-        root.rename(retired)
-        work.rename(root)
-        shutil.rmtree(retired, ignore_errors=True)
-    finally:
-        if work.exists():
-            shutil.rmtree(work, ignore_errors=True)
+        return update_manifest(work, edit)
+
+    manifest = _rebuild_in_place(root, change, hashlib.sha256(repr(seg_pre).encode()).hexdigest()[:8])
     log(f"bundle {manifest['bundle_id']} at {root}: segmentation replaced ({'; '.join(dropped) or 'no engines'} "
         f"dropped)")
+    return manifest
+
+
+def replace_thresholds(bundle_dir: str | Path, thresholds: dict[str, float], *, calibration: dict, metrics: dict,
+                       bundle_id: str | None = None, log=lambda s: None) -> dict:
+    """New per-finding thresholds (and the metrics measured with them) into an existing bundle; every model, prompt
+    and TensorRT engine stays (no weight changes). The bundle gets a new id, because the same study now gets other
+    calls. ``calibration``: where the thresholds come from (recorded in provenance with the changed values)."""
+    root = Path(bundle_dir).resolve()
+    old = load_bundle(root)
+    unknown = sorted(set(thresholds) - {f.name for f in old.findings})
+    if unknown:
+        raise ValueError(f"thresholds for findings the bundle does not have: {', '.join(unknown)}")
+    digest = hashlib.sha256(json.dumps(sorted(thresholds.items())).encode()).hexdigest()[:8]
+    changed = {f.name: [f.threshold, float(thresholds[f.name])] for f in old.findings
+               if f.name in thresholds and float(thresholds[f.name]) != f.threshold}
+
+    def change(work: Path) -> dict:
+        def edit(m):
+            for r in m["findings"]:
+                r["threshold"] = float(thresholds.get(r["name"], r["threshold"]))
+            prov = m.setdefault("provenance", {})
+            prov.setdefault("metrics", {})["encoder"] = metrics
+            prov["calibration"] = {**calibration, "previous_bundle_id": old.bundle_id, "changed": changed}
+            m["bundle_id"] = bundle_id or f"{old.bundle_id}-cal-{digest}"
+            m["created"] = _now()
+
+        return update_manifest(work, edit)
+
+    manifest = _rebuild_in_place(root, change, digest)
+    log(f"bundle {manifest['bundle_id']} at {root}: {len(changed)} of {len(old.findings)} thresholds changed")
     return manifest
 
 
@@ -276,7 +322,7 @@ def build_bundle(
         prov.setdefault("trainer_git_commit", git_commit())
         prov["parity"] = {r.model: r.as_dict() for r in results}
         prov["prompts"] = prompts
-        created = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
+        created = _now()
         if bundle_id is None:
             h = hashlib.sha256()
             for rel in sorted(p for p in (SEG_FILE, ENC_FILE, TXT_FILE, PROMPTS_FILE) if (work / p).exists()):

@@ -10,8 +10,9 @@ gets a new id, and its provenance records the old and new values, the data and t
 
     totalfm export calibrate --bundle appliance/default_bundle --pairs var/bigreal/pairs [--dry-run]
 
-The dataset needs studies with evaluation truth in its val and test splits (build-pairs assigns them from truth.json;
-a hospital's own studies come out 'unassigned' and cannot be used for this yet).
+The dataset needs studies in its val and test splits. build-pairs assigns synthetic studies from their truth.json and
+a hospital's own studies by patient (`--holdout`, trainer/pairs/README.md); for the latter the truth is what their
+reports say.
 
 AI draft for radiologist review - not a diagnosis.
 """

@@ -11,6 +11,7 @@ import sys
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "bundle": ("export.bundle_cli", "trained checkpoints -> bundle (ONNX, parity on real crops, prompt embeddings)"),
     "seg": ("export.seg_swap", "a retrained segmentation checkpoint -> into an existing bundle (parity, new id)"),
+    "calibrate": ("export.calibrate", "re-pick a bundle's finding thresholds on a pair dataset's val split (test measured)"),
     "untrained": ("export.untrained", "tiny bundle of RANDOM networks with the real I/O contracts (plumbing tests)"),
     "totalseg": ("export.totalseg_import", "TotalSegmentator nnU-Net weights -> ONNX segmentation model (+ parity)"),
     "int8": ("export.quantize", "add an INT8 variant of the encoders if zero-shot AUROC stays within 0.01 of fp32"),

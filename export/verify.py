@@ -25,5 +25,7 @@ def main(argv: list[str]) -> int:
         "findings": len(b.findings), "prompts": int(b.prompt_embeddings.shape[0]),
         "tensorrt": sorted(e.key for e in b.engines()),
         "metrics": b.provenance.get("metrics", {}),
+        "thresholds_calibrated": {k: v for k, v in b.provenance.get("calibration", {}).items()
+                                  if k in ("data", "n_val", "n_test", "previous_bundle_id")} or None,
     }, indent=2))
     return 0
