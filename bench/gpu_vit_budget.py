@@ -1,5 +1,9 @@
 """GPU experiment for issue 5: does the organ ViT add anything once it gets a GPU budget?
 
+Ran in session 12 on an H200 (two calls, --budget 150 --deadline 540 then --deadline 245; 847 s of device time):
+A and B score the same on held-out studies although B's training loss keeps falling (docs/results/model.md,
+session 12; bench/experiments/results/gpu_vit_budget_s12.json). W was cut by the deadline.
+
 On 2 CPU cores the demo recipe's joint stage (ViT + measurement branch) gets ~400 steps after the measurement
 warm-up, and the ViT adds nothing measurable (docs/results/model.md, session 9). This runs the same recipe, on the same
 data, on one GPU, twice, and scores both the same way:
