@@ -14,18 +14,26 @@ with a reason (status 'duplicate' / 'unusable') and the run goes on.
 
 Splits (never leak a patient): from truth.json, not the folder name: analytic phantoms by run seed (< 1000 train,
 1000-1999 val, >= 2000 test); real-backed phantoms by source patient (A = the NIfTI patient -> train, B = the DICOM
-patient -> test). Studies without truth.json get split 'unassigned'.
+patient -> test). A hospital's own studies (no truth.json; `dicom/` + `report.txt`) are split by patient: the DICOM
+PatientID is turned into a pseudonym (HMAC-SHA256 with a random key kept in the index, so the index never holds the
+ID) and the pseudonym's hash puts every study of that patient on the same side, ``--holdout`` (default 10 % val, 10 %
+test) of the patients held out. The key and the shares are fixed when the dataset is created: a resume with other
+shares is refused, since it could move a patient across splits. Their evaluation truth is the report's own labels
+(labels.source 'report'). A study without truth.json and without a PatientID stays 'unassigned' (logged): placing it
+could put one patient on both sides.
 Logs hold reasons and counts, never report text.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import logging
 import multiprocessing as mp
 import os
 import re
+import secrets
 import sys
 import time
 from pathlib import Path
@@ -55,6 +63,35 @@ def source_patient_of(truth: dict) -> str | None:
         return str(truth["source_patient"])
     from trainer.synth.realbacked import SOURCE_PATIENT
     return SOURCE_PATIENT.get(str(truth.get("source")))
+
+
+DEFAULT_HOLDOUT = (0.1, 0.1)  # shares of a hospital's patients held out for validation and test
+
+
+def dicom_patient_id(folder: Path) -> str | None:
+    """PatientID of the study's DICOM series (first readable file under ``dicom/``), or None."""
+    import pydicom
+    from pydicom.errors import InvalidDicomError
+
+    for f in sorted(p for p in (folder / "dicom").rglob("*") if p.is_file()):
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=True, specific_tags=["PatientID"])
+        except (InvalidDicomError, OSError, ValueError):
+            continue
+        pid = str(ds.get("PatientID", "") or "").strip()
+        return pid or None
+    return None
+
+
+def patient_pseudonym(patient_id: str, key: str) -> str:
+    """A stable stand-in for a PatientID in one dataset (keyed, so it cannot be reversed by hashing guessed IDs)."""
+    return "p-" + hmac.new(bytes.fromhex(key), patient_id.encode(), hashlib.sha256).hexdigest()[:16]
+
+
+def pseudonym_split(pseudonym: str, val: float, test: float) -> str:
+    """Every study of a patient lands on the same side; about ``val`` / ``test`` of the patients are held out."""
+    u = int(hashlib.sha256(pseudonym.encode()).hexdigest()[:12], 16) / float(16 ** 12)
+    return "val" if u < val else ("test" if u < val + test else "train")
 
 
 def patient_and_split(truth: dict | None) -> tuple[str | None, str]:
@@ -202,7 +239,7 @@ def synthetic_normal_statement(organ: str) -> str:
 
 def process_study(task: tuple) -> dict:
     """Worker: one study folder -> a record for index.commit_study (+ the npz written atomically)."""
-    key, folder, out, segmenter, engine = task
+    key, folder, out, segmenter, engine, holdout = task  # holdout: (pseudonym key, val share, test share)
     folder, out = Path(folder), Path(out)
     t0 = time.time()
     study = {"study_key": key, "path": str(folder), "patient": None, "kind": None, "seed": None,
@@ -231,6 +268,14 @@ def process_study(task: tuple) -> dict:
         keep["findings"] = [{k: f.get(k) for k in ("finding", "organ", "severity", "laterality", "size_mm")}
                             for f in truth.get("findings", [])]
         study["truth"] = json.dumps(keep, sort_keys=True)
+    elif (folder / "dicom").is_dir():  # a hospital study: split by patient (module docstring)
+        pid = dicom_patient_id(folder)
+        if pid:
+            study["patient"] = patient_pseudonym(pid, holdout[0])
+            study["split"], study["kind"] = pseudonym_split(study["patient"], *holdout[1:]), "real"
+        else:
+            rec["log"].append(("warning", "no truth.json and no DICOM PatientID: split unassigned (placing it could "
+                                          "put one patient on both sides of a split)"))
 
     # report
     from trainer.reports.parse import parse_report
@@ -345,10 +390,31 @@ def _safe(task: tuple) -> dict:
 
 
 # ------------------------------------------------------------------ the run
+def _holdout(con, holdout: tuple[float, float] | None) -> tuple[str, float, float]:
+    """The dataset's pseudonym key and held-out shares: fixed at creation, checked on every resume."""
+    row = dict(con.execute("SELECT key, value FROM meta WHERE key IN ('patient_key', 'holdout')").fetchall())
+    if "patient_key" not in row:
+        val, test = holdout or DEFAULT_HOLDOUT
+        if not (0 <= val and 0 <= test and val + test < 1):
+            raise TotalFMError(f"--holdout {val},{test}: shares must be >= 0 and leave some patients for training")
+        con.executemany("INSERT INTO meta VALUES (?, ?)", [("patient_key", secrets.token_hex(32)),
+                                                           ("holdout", json.dumps([val, test]))])
+        con.commit()
+        return _holdout(con, None)
+    stored = tuple(json.loads(row["holdout"]))
+    if holdout is not None and tuple(holdout) != stored:
+        raise TotalFMError(f"this dataset holds out {stored[0]:g} / {stored[1]:g} of the patients (val / test); "
+                           f"resuming with {holdout[0]:g} / {holdout[1]:g} could move a patient across splits. "
+                           "Build a new dataset for other shares")
+    return row["patient_key"], stored[0], stored[1]
+
+
 def build_pairs(studies_dir: str | Path, out: str | Path, segmenter: str = "labels", engine: str = "rules",
-                workers: int | None = None, *, progress: bool = True, limit: int | None = None) -> dict:
+                workers: int | None = None, *, progress: bool = True, limit: int | None = None,
+                holdout: tuple[float, float] | None = None) -> dict:
     """Build (or resume) the pair dataset ``out`` from the study folders under ``studies_dir``; returns a summary.
-    ``limit``: process at most this many new studies (for trials)."""
+    ``limit``: process at most this many new studies (for trials). ``holdout``: (val, test) shares of a hospital's
+    patients (default ``DEFAULT_HOLDOUT``; see the module docstring)."""
     if engine not in ENGINES:
         raise TotalFMError(f"unknown report engine {engine!r}; use one of {', '.join(ENGINES)}")
     if not (segmenter in ("labels", "totalseg") or segmenter.startswith("unet:")):
@@ -365,7 +431,8 @@ def build_pairs(studies_dir: str | Path, out: str | Path, segmenter: str = "labe
     con = ix.connect(out / "index.sqlite", create=True)
     studies = find_studies(studies_dir)
     done = ix.done_keys(con)
-    todo = [(k, str(d), str(out), segmenter, engine) for k, d in studies if k not in done]
+    split_rule = _holdout(con, holdout)
+    todo = [(k, str(d), str(out), segmenter, engine, split_rule) for k, d in studies if k not in done]
     if limit is not None:
         todo = todo[:limit]
     run_id = ix.start_run(con, {"studies": str(studies_dir), "segmenter": segmenter, "engine": engine,

@@ -1,7 +1,7 @@
 """`totalfm train build-pairs` and `totalfm train pairs-query`.
 
   totalfm train build-pairs --studies DIR --out DATASET [--segmenter labels|totalseg|unet:CKPT] [--engine rules|llm]
-                            [--workers N]
+                            [--workers N] [--holdout VAL,TEST]
   totalfm train pairs-query DATASET --organ liver --finding hepatic_steatosis --polarity positive
 """
 
@@ -27,11 +27,21 @@ def build_pairs_main(argv: list[str]) -> int:
                    help="report labelling; llm also runs the rules and counts disagreements")
     p.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="processes (default: all cores)")
     p.add_argument("--limit", type=int, default=None, help="process at most N new studies (trial runs)")
+    p.add_argument("--holdout", metavar="VAL,TEST",
+                   help="shares of a hospital's patients (studies without truth.json) held out for validation and "
+                        "test, split by DICOM PatientID (default 0.1,0.1; fixed when the dataset is created)")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
+    holdout = None
+    if args.holdout:
+        try:
+            val, test = (float(x) for x in args.holdout.split(","))
+        except ValueError:
+            p.error(f"--holdout {args.holdout!r}: give two shares, e.g. 0.1,0.1")
+        holdout = (val, test)
     from trainer.pairs.build import build_pairs
     summary = build_pairs(args.studies, args.out, segmenter=args.segmenter, engine=args.engine,
-                          workers=args.workers, progress=not args.no_progress, limit=args.limit)
+                          workers=args.workers, progress=not args.no_progress, limit=args.limit, holdout=holdout)
     print(json.dumps(summary, indent=1, sort_keys=True))
     return 0
 
