@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from appliance import ontology
+from appliance.scoring import never_called
 from appliance.store.results import FindingResult, OrganResult, ReportDraft
 
 log = logging.getLogger(__name__)
@@ -265,6 +266,10 @@ def render(structured: dict, findings: list[FindingResult], organs: list[OrganRe
                     if o.status not in ("ok", "partial_in_crop", "truncated_by_scan")]
     if not_assessed:
         lines.append("Not assessed: " + ", ".join(not_assessed) + ".")
+    unscreened = sorted({_display(f.finding).lower() for f in findings if never_called(f.threshold)})
+    if unscreened:  # "no abnormality" above must not read as "checked for these"
+        lines.append("Not screened by this AI model (no reliable threshold on its validation studies): "
+                     + ", ".join(unscreened) + ".")
     lines += ["", "Impression:", structured.get("impression", "").strip() or "-", ""]
     lines += _scored_block(findings)
     lines += ["", f"Draft written by: {source}.", DISCLAIMER]

@@ -122,6 +122,15 @@ def finding_scores(organ_embeddings: Mapping[str, np.ndarray], findings: Iterabl
     return {f.name: float(v) for f, v in zip(findings, s) if np.isfinite(v)}
 
 
+NEVER_POSITIVE = 1.01  # a threshold above any probability: the model cannot call that finding (no reliable threshold)
+
+
+def never_called(threshold: float | None) -> bool:
+    """True for a finding this bundle never calls positive (threshold ``NEVER_POSITIVE``, set at calibration when the
+    validation scores gave no reliable threshold): the draft must say it was not screened, not imply it is absent."""
+    return threshold is not None and float(threshold) > 1.0
+
+
 def decide(score: float, threshold: float) -> bool:
     """Positive call: ``score >= threshold`` (threshold from the validation split, shipped in the bundle)."""
     return bool(np.isfinite(score) and score >= float(threshold))

@@ -166,3 +166,22 @@ def test_a_draft_that_calls_normal_what_was_scored_positive_is_rejected():
     ok = {"findings": [{"organ": "liver", "finding": "hepatic_steatosis", "statement": "Steatosis."}],
           "normal_organs": "gallbladder, spleen", "impression": "Hepatic steatosis; the other organs are normal."}
     assert check_draft(ok, {("liver", "hepatic_steatosis")}, {"liver", "gallbladder", "spleen"}).ok
+
+
+def test_findings_the_model_never_calls_are_named_as_not_screened():
+    """A finding whose bundle threshold no score reaches (no reliable threshold on validation) cannot be positive; the
+    draft names it, so "no abnormality" in its organ is not read as "checked for it"."""
+    from appliance.scoring import NEVER_POSITIVE
+    findings = FINDINGS + [FindingResult("adrenal_glands", "adrenal_nodule", 0.97, NEVER_POSITIVE, False)]
+    organs = ORGANS + [OrganResult("adrenal_glands", "ok", 8.0, 30.0, 2.0)]
+    text = template_draft(findings, organs).draft_text
+    line = [ln for ln in text.splitlines() if ln.startswith("Not screened by this AI model")]
+    assert line == ["Not screened by this AI model (no reliable threshold on its validation studies): adrenal nodule."]
+    assert "Adrenal glands: No abnormality scored above threshold" in text  # the organ itself was assessed
+    assert "Not screened" not in template_draft(FINDINGS, ORGANS).draft_text  # every finding callable: no such line
+    llm = ScriptedLLM({"findings": [{"organ": "liver", "finding": "hepatic_steatosis",
+                                     "statement": "Hepatic steatosis suggested."}],
+                       "normal_organs": "Gallbladder, spleen and adrenal glands unremarkable.",
+                       "impression": "Hepatic steatosis."})
+    d = draft_report(findings, organs, llm=llm)
+    assert "Not screened by this AI model" in d.draft_text  # the LLM's draft carries it too

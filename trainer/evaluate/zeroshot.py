@@ -53,7 +53,7 @@ import numpy as np
 
 from appliance import ontology
 from appliance.bundle import FindingSpec
-from appliance.scoring import DISCLAIMER, score_matrix
+from appliance.scoring import DISCLAIMER, NEVER_POSITIVE, score_matrix  # noqa: F401 (NEVER_POSITIVE: re-exported)
 from trainer.evaluate import metrics as M
 
 
@@ -156,7 +156,6 @@ def organ_truth(split: SplitData, organ: str) -> np.ndarray:
 
 MIN_VAL_AUROC = 0.6
 MIN_VAL_PRECISION = 0.5  # a finding is called only at a threshold where most of its validation calls were right
-NEVER_POSITIVE = 1.01  # above any softmax score, so ``appliance.scoring.decide`` never calls the finding positive
 
 
 def calibrate(y_val, s_val, rule: str = "pair") -> tuple[float, float, str]:
