@@ -3,6 +3,7 @@ PatientID kept out of the index; their report labels are the evaluation truth; t
 a resume."""
 from __future__ import annotations
 
+import json
 import shutil
 import sqlite3
 from pathlib import Path
@@ -82,3 +83,69 @@ def test_pseudonyms_are_keyed_and_the_split_shares_hold():
         with pytest.raises(TotalFMError, match="leave some patients for training"):
             _holdout(con, (0.5, 0.5))
         assert np.isclose(_holdout(con, None)[1], 0.1)
+
+
+KEY = "5e" * 32  # a site key written by the test, so it can pick PatientIDs whose split it knows
+
+
+def _pids_by_split(n_each: int, val: float, test: float) -> dict[str, list[str]]:
+    out: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    i = 0
+    while min(len(v) for v in out.values()) < n_each:
+        pid = f"MRN-{i:05d}"
+        s = pseudonym_split(patient_pseudonym(pid, KEY), val, test)
+        if len(out[s]) < n_each:
+            out[s].append(pid)
+        i += 1
+    return out
+
+
+def test_the_site_key_keeps_splits_across_rebuilds_and_the_retraining_path_runs(tmp_path):
+    """build-pairs on a PACS-style export with the site's key -> `train contrastive` on its train patients ->
+    `train eval` on its val/test patients, whose truth is their reports."""
+    (tmp_path / "site.key").write_text(KEY + "\n")
+    pids = _pids_by_split(2, 0.25, 0.25)
+    export = tmp_path / "export"
+    findings = [["hepatic_steatosis"], ["splenomegaly"], ["renal_cyst"], []]
+    for split, ids in pids.items():
+        for j, pid in enumerate(ids):
+            d = export / f"{split}_{j}"
+            write_study(generate_study("analytic", 11, len(list(export.glob("*"))) if export.exists() else 0,
+                                       findings=findings[(j + len(split)) % 4]), d)
+            (d / "truth.json").unlink()
+            (d / "ct.nii.gz").unlink()
+            _set_patient(d / "dicom", pid)
+    a = build_pairs(export, tmp_path / "a", workers=1, progress=False, holdout=(0.25, 0.25),
+                    patient_key=tmp_path / "site.key")
+    b = build_pairs(export, tmp_path / "b", workers=1, progress=False, holdout=(0.25, 0.25),
+                    patient_key=tmp_path / "site.key")
+    c = build_pairs(export, tmp_path / "c", workers=1, progress=False, holdout=(0.25, 0.25))
+    assert a["ok"] == b["ok"] == c["ok"] == 6
+    rows = {}
+    for name in "abc":
+        with PairDataset(tmp_path / name) as ds:
+            rows[name] = {r["study_key"]: (r["patient"], r["split"]) for r in ds.studies()}
+    assert rows["a"] == rows["b"]  # same site key: same pseudonyms, same sides
+    assert {k: s for k, (_, s) in rows["a"].items()} == {k: k.split("_")[0] for k in rows["a"]}
+    assert {p for p, _ in rows["c"].values()}.isdisjoint({p for p, _ in rows["a"].values()})  # own key otherwise
+    other = tmp_path / "other.key"
+    other.write_text("ab" * 32)
+    with pytest.raises(TotalFMError, match="another patient key"):
+        build_pairs(export, tmp_path / "a", workers=1, progress=False, patient_key=other)
+
+    from trainer.evaluate.cli import main as eval_main
+    from trainer.model.contrastive import main as train_main
+    (tmp_path / "r.toml").write_text(
+        'name = "t"\n[model]\nsize = "tiny"\ninput_shape = [8, 32, 32]\ntubelet = [4, 8, 8]\ndim = 32\ndepth = 1\n'
+        'heads = 2\nembed_dim = 32\nstem = "conv"\npool = "mean_max"\nmeasurements = true\nfusion = "sum"\n'
+        '[contrastive]\nbatch_size = 8\nlr = 1e-3\nmeasurement_warmup_steps = 2\n')
+    assert train_main(["--recipe", str(tmp_path / "r.toml"), "--pairs", str(tmp_path / "a"), "--out",
+                       str(tmp_path / "run"), "--steps", "2", "--threads", "1", "--init", "scratch"]) == 0
+    summary = json.loads((tmp_path / "run" / "contrastive_summary.json").read_text())
+    from trainer.pairs.dataset import USABLE
+    with PairDataset(tmp_path / "a") as ds:
+        n_train_crops = len(ds.crops(split="train", status=USABLE))
+    assert summary["crops"] == n_train_crops > 0  # the train patients' crops, and only those
+    assert eval_main(["--checkpoint", str(tmp_path / "run" / "final.pt"), "--pairs", str(tmp_path / "a"), "--out",
+                      str(tmp_path / "eval"), "--bootstrap", "0", "--threads", "1", "--no-plots"]) == 0
+    assert json.loads((tmp_path / "eval" / "eval.json").read_text())["n_studies"] == {"val": 2, "test": 2}

@@ -15,10 +15,11 @@ with a reason (status 'duplicate' / 'unusable') and the run goes on.
 Splits (never leak a patient): from truth.json, not the folder name: analytic phantoms by run seed (< 1000 train,
 1000-1999 val, >= 2000 test); real-backed phantoms by source patient (A = the NIfTI patient -> train, B = the DICOM
 patient -> test). A hospital's own studies (no truth.json; `dicom/` + `report.txt`) are split by patient: the DICOM
-PatientID is turned into a pseudonym (HMAC-SHA256 with a random key kept in the index, so the index never holds the
-ID) and the pseudonym's hash puts every study of that patient on the same side, ``--holdout`` (default 10 % val, 10 %
-test) of the patients held out. The key and the shares are fixed when the dataset is created: a resume with other
-shares is refused, since it could move a patient across splits. Their evaluation truth is the report's own labels
+PatientID is turned into a pseudonym (HMAC-SHA256 with a key kept in the index, so the index never holds the ID) and
+the pseudonym's hash puts every study of that patient on the same side, ``--holdout`` (default 10 % val, 10 % test) of
+the patients held out. The key is the site's (``--patient-key FILE``, created when missing) so that a rebuilt or
+second dataset keeps every patient on the same side, or else drawn for this dataset alone. Key and shares are fixed
+when the dataset is created: a resume with others is refused, since it could move a patient across splits. Their evaluation truth is the report's own labels
 (labels.source 'report'). A study without truth.json and without a PatientID stays 'unassigned' (logged): placing it
 could put one patient on both sides.
 Logs hold reasons and counts, never report text.
@@ -390,15 +391,31 @@ def _safe(task: tuple) -> dict:
 
 
 # ------------------------------------------------------------------ the run
-def _holdout(con, holdout: tuple[float, float] | None) -> tuple[str, float, float]:
-    """The dataset's pseudonym key and held-out shares: fixed at creation, checked on every resume."""
+def read_patient_key(path: str | Path) -> str:
+    """The site's pseudonym key from ``path`` (64 hex digits), created (mode 0600) when the file does not exist."""
+    path = Path(path)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_hex(32) + "\n")
+    key = path.read_text().strip()
+    if not re.fullmatch(r"[0-9a-f]{64}", key):
+        raise TotalFMError(f"{path}: not a patient key (64 lowercase hex digits)")
+    return key
+
+
+def _holdout(con, holdout: tuple[float, float] | None, key_file: str | Path | None = None) -> tuple[str, float, float]:
+    """The dataset's pseudonym key and held-out shares: fixed at creation, checked on every resume. ``key_file``: the
+    site's key (``--patient-key``), so that a rebuilt dataset puts every patient on the same side as before; without
+    it each dataset draws its own key."""
     row = dict(con.execute("SELECT key, value FROM meta WHERE key IN ('patient_key', 'holdout')").fetchall())
     if "patient_key" not in row:
         val, test = holdout or DEFAULT_HOLDOUT
         if not (0 <= val and 0 <= test and val + test < 1):
             raise TotalFMError(f"--holdout {val},{test}: shares must be >= 0 and leave some patients for training")
-        con.executemany("INSERT INTO meta VALUES (?, ?)", [("patient_key", secrets.token_hex(32)),
-                                                           ("holdout", json.dumps([val, test]))])
+        key = read_patient_key(key_file) if key_file else secrets.token_hex(32)
+        con.executemany("INSERT INTO meta VALUES (?, ?)", [("patient_key", key), ("holdout", json.dumps([val, test]))])
         con.commit()
         return _holdout(con, None)
     stored = tuple(json.loads(row["holdout"]))
@@ -406,15 +423,18 @@ def _holdout(con, holdout: tuple[float, float] | None) -> tuple[str, float, floa
         raise TotalFMError(f"this dataset holds out {stored[0]:g} / {stored[1]:g} of the patients (val / test); "
                            f"resuming with {holdout[0]:g} / {holdout[1]:g} could move a patient across splits. "
                            "Build a new dataset for other shares")
+    if key_file and read_patient_key(key_file) != row["patient_key"]:
+        raise TotalFMError(f"this dataset was built with another patient key than {key_file}; resuming with it would "
+                           "give its patients other pseudonyms and splits")
     return row["patient_key"], stored[0], stored[1]
 
 
 def build_pairs(studies_dir: str | Path, out: str | Path, segmenter: str = "labels", engine: str = "rules",
                 workers: int | None = None, *, progress: bool = True, limit: int | None = None,
-                holdout: tuple[float, float] | None = None) -> dict:
+                holdout: tuple[float, float] | None = None, patient_key: str | Path | None = None) -> dict:
     """Build (or resume) the pair dataset ``out`` from the study folders under ``studies_dir``; returns a summary.
     ``limit``: process at most this many new studies (for trials). ``holdout``: (val, test) shares of a hospital's
-    patients (default ``DEFAULT_HOLDOUT``; see the module docstring)."""
+    patients (default ``DEFAULT_HOLDOUT``), ``patient_key``: the site's pseudonym key file (see the module docstring)."""
     if engine not in ENGINES:
         raise TotalFMError(f"unknown report engine {engine!r}; use one of {', '.join(ENGINES)}")
     if not (segmenter in ("labels", "totalseg") or segmenter.startswith("unet:")):
@@ -431,7 +451,7 @@ def build_pairs(studies_dir: str | Path, out: str | Path, segmenter: str = "labe
     con = ix.connect(out / "index.sqlite", create=True)
     studies = find_studies(studies_dir)
     done = ix.done_keys(con)
-    split_rule = _holdout(con, holdout)
+    split_rule = _holdout(con, holdout, patient_key)
     todo = [(k, str(d), str(out), segmenter, engine, split_rule) for k, d in studies if k not in done]
     if limit is not None:
         todo = todo[:limit]

@@ -1,7 +1,7 @@
 """`totalfm train build-pairs` and `totalfm train pairs-query`.
 
   totalfm train build-pairs --studies DIR --out DATASET [--segmenter labels|totalseg|unet:CKPT] [--engine rules|llm]
-                            [--workers N] [--holdout VAL,TEST]
+                            [--workers N] [--holdout VAL,TEST] [--patient-key FILE]
   totalfm train pairs-query DATASET --organ liver --finding hepatic_steatosis --polarity positive
 """
 
@@ -30,6 +30,9 @@ def build_pairs_main(argv: list[str]) -> int:
     p.add_argument("--holdout", metavar="VAL,TEST",
                    help="shares of a hospital's patients (studies without truth.json) held out for validation and "
                         "test, split by DICOM PatientID (default 0.1,0.1; fixed when the dataset is created)")
+    p.add_argument("--patient-key", metavar="FILE",
+                   help="the site's pseudonym key (created when missing; keep it with the site's secrets): a rebuilt "
+                        "dataset then puts every patient on the same side as before. Default: a key for this dataset")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     holdout = None
@@ -41,7 +44,8 @@ def build_pairs_main(argv: list[str]) -> int:
         holdout = (val, test)
     from trainer.pairs.build import build_pairs
     summary = build_pairs(args.studies, args.out, segmenter=args.segmenter, engine=args.engine,
-                          workers=args.workers, progress=not args.no_progress, limit=args.limit, holdout=holdout)
+                          workers=args.workers, progress=not args.no_progress, limit=args.limit, holdout=holdout,
+                          patient_key=args.patient_key)
     print(json.dumps(summary, indent=1, sort_keys=True))
     return 0
 
