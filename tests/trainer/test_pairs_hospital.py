@@ -8,7 +8,6 @@ import shutil
 import sqlite3
 from pathlib import Path
 
-import numpy as np
 import pydicom
 import pytest
 
@@ -60,6 +59,8 @@ def test_hospital_studies_are_split_by_patient_and_the_id_stays_out_of_the_index
         assert labels["liver"]["source"] == "report" and labels["liver"]["findings"] == ["hepatic_steatosis"]
     raw = b"".join(p.read_bytes() for p in out.glob("index.sqlite*"))
     assert b"MRN-0042" not in raw and b"MRN-7777" not in raw
+    key = (out / "patient.key").read_text().strip()  # the dataset's own key: beside the index, not in it
+    assert key.encode() not in raw and (out / "patient.key").stat().st_mode & 0o077 == 0
 
     # the shares are fixed at creation: a resume with others is refused before anything is processed
     shutil.copytree(hospital / "study_b", hospital / "study_b2")
@@ -77,12 +78,21 @@ def test_pseudonyms_are_keyed_and_the_split_shares_hold():
     splits = [pseudonym_split(patient_pseudonym(f"MRN-{i}", k1), 0.1, 0.2) for i in range(4000)]
     share = {s: splits.count(s) / len(splits) for s in ("train", "val", "test")}
     assert abs(share["val"] - 0.1) < 0.02 and abs(share["test"] - 0.2) < 0.02 and abs(share["train"] - 0.7) < 0.02
-    with sqlite3.connect(":memory:") as con:  # shares that leave no patient for training are refused
-        from trainer.pairs.build import _holdout
+
+def test_holdout_shares_must_leave_training_patients_and_a_lost_key_is_refused(tmp_path):
+    from trainer.pairs.build import _holdout
+    with sqlite3.connect(":memory:") as con:
         con.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
         with pytest.raises(TotalFMError, match="leave some patients for training"):
-            _holdout(con, (0.5, 0.5))
-        assert np.isclose(_holdout(con, None)[1], 0.1)
+            _holdout(con, (0.5, 0.5), tmp_path / "k")
+        key, val, test = _holdout(con, None, tmp_path / "k")
+        assert (val, test) == (0.1, 0.1) and _holdout(con, None, tmp_path / "k") == (key, val, test)
+        (tmp_path / "k").unlink()  # the dataset's key is gone: a new one would re-split its patients
+        with pytest.raises(TotalFMError, match="another patient key"):
+            _holdout(con, None, tmp_path / "k")
+    (tmp_path / "bad").write_text("not hex")
+    with pytest.raises(TotalFMError, match="not a patient key"):
+        _holdout(sqlite3.connect(":memory:"), None, tmp_path / "bad")
 
 
 KEY = "5e" * 32  # a site key written by the test, so it can pick PatientIDs whose split it knows

@@ -15,13 +15,14 @@ with a reason (status 'duplicate' / 'unusable') and the run goes on.
 Splits (never leak a patient): from truth.json, not the folder name: analytic phantoms by run seed (< 1000 train,
 1000-1999 val, >= 2000 test); real-backed phantoms by source patient (A = the NIfTI patient -> train, B = the DICOM
 patient -> test). A hospital's own studies (no truth.json; `dicom/` + `report.txt`) are split by patient: the DICOM
-PatientID is turned into a pseudonym (HMAC-SHA256 with a key kept in the index, so the index never holds the ID) and
-the pseudonym's hash puts every study of that patient on the same side, ``--holdout`` (default 10 % val, 10 % test) of
-the patients held out. The key is the site's (``--patient-key FILE``, created when missing) so that a rebuilt or
-second dataset keeps every patient on the same side, or else drawn for this dataset alone. Key and shares are fixed
-when the dataset is created: a resume with others is refused, since it could move a patient across splits. Their evaluation truth is the report's own labels
-(labels.source 'report'). A study without truth.json and without a PatientID stays 'unassigned' (logged): placing it
-could put one patient on both sides.
+PatientID becomes a pseudonym (HMAC-SHA256, so the index never holds the ID) whose hash puts every study of that
+patient on the same side, ``--holdout`` (default 10 % val, 10 % test) of the patients held out. The key is a file,
+never in the index (with it, pseudonyms of guessed IDs could be computed): the site's (``--patient-key FILE``), so that
+a rebuilt or later dataset keeps every patient on the same side, else DATASET/patient.key; both are created (0600)
+when missing. The index keeps the key's sha256 and the shares; a resume with another key or other shares is refused,
+since it could move a patient across splits. Their evaluation truth is the report's own labels (labels.source
+'report'). A study with neither truth.json nor a PatientID stays 'unassigned' (logged): placing it could put one
+patient on both sides.
 Logs hold reasons and counts, never report text.
 """
 
@@ -269,8 +270,8 @@ def process_study(task: tuple) -> dict:
         keep["findings"] = [{k: f.get(k) for k in ("finding", "organ", "severity", "laterality", "size_mm")}
                             for f in truth.get("findings", [])]
         study["truth"] = json.dumps(keep, sort_keys=True)
-    elif (folder / "dicom").is_dir():  # a hospital study: split by patient (module docstring)
-        pid = dicom_patient_id(folder)
+    else:  # a hospital study: split by patient (module docstring)
+        pid = dicom_patient_id(folder) if (folder / "dicom").is_dir() else None
         if pid:
             study["patient"] = patient_pseudonym(pid, holdout[0])
             study["split"], study["kind"] = pseudonym_split(study["patient"], *holdout[1:]), "real"
@@ -405,28 +406,30 @@ def read_patient_key(path: str | Path) -> str:
     return key
 
 
-def _holdout(con, holdout: tuple[float, float] | None, key_file: str | Path | None = None) -> tuple[str, float, float]:
-    """The dataset's pseudonym key and held-out shares: fixed at creation, checked on every resume. ``key_file``: the
-    site's key (``--patient-key``), so that a rebuilt dataset puts every patient on the same side as before; without
-    it each dataset draws its own key."""
-    row = dict(con.execute("SELECT key, value FROM meta WHERE key IN ('patient_key', 'holdout')").fetchall())
-    if "patient_key" not in row:
+def _holdout(con, holdout: tuple[float, float] | None, key_file: Path) -> tuple[str, float, float]:
+    """(pseudonym key, val share, test share) for this run: the key from ``key_file``, checked against the sha256 the
+    index recorded at creation, and the shares recorded then (see the module docstring)."""
+    key = read_patient_key(key_file)
+    fingerprint = hashlib.sha256(key.encode()).hexdigest()
+    row = dict(con.execute("SELECT key, value FROM meta WHERE key IN ('patient_key_sha256', 'holdout')").fetchall())
+    if "holdout" not in row:
         val, test = holdout or DEFAULT_HOLDOUT
         if not (0 <= val and 0 <= test and val + test < 1):
             raise TotalFMError(f"--holdout {val},{test}: shares must be >= 0 and leave some patients for training")
-        key = read_patient_key(key_file) if key_file else secrets.token_hex(32)
-        con.executemany("INSERT INTO meta VALUES (?, ?)", [("patient_key", key), ("holdout", json.dumps([val, test]))])
+        con.executemany("INSERT INTO meta VALUES (?, ?)", [("patient_key_sha256", fingerprint),
+                                                           ("holdout", json.dumps([val, test]))])
         con.commit()
-        return _holdout(con, None)
+        return key, val, test
     stored = tuple(json.loads(row["holdout"]))
     if holdout is not None and tuple(holdout) != stored:
         raise TotalFMError(f"this dataset holds out {stored[0]:g} / {stored[1]:g} of the patients (val / test); "
                            f"resuming with {holdout[0]:g} / {holdout[1]:g} could move a patient across splits. "
                            "Build a new dataset for other shares")
-    if key_file and read_patient_key(key_file) != row["patient_key"]:
+    if fingerprint != row["patient_key_sha256"]:
         raise TotalFMError(f"this dataset was built with another patient key than {key_file}; resuming with it would "
-                           "give its patients other pseudonyms and splits")
-    return row["patient_key"], stored[0], stored[1]
+                           "give its patients other pseudonyms and splits (pass the key it was built with: "
+                           "--patient-key)")
+    return key, stored[0], stored[1]
 
 
 def build_pairs(studies_dir: str | Path, out: str | Path, segmenter: str = "labels", engine: str = "rules",
@@ -434,7 +437,7 @@ def build_pairs(studies_dir: str | Path, out: str | Path, segmenter: str = "labe
                 holdout: tuple[float, float] | None = None, patient_key: str | Path | None = None) -> dict:
     """Build (or resume) the pair dataset ``out`` from the study folders under ``studies_dir``; returns a summary.
     ``limit``: process at most this many new studies (for trials). ``holdout``: (val, test) shares of a hospital's
-    patients (default ``DEFAULT_HOLDOUT``), ``patient_key``: the site's pseudonym key file (see the module docstring)."""
+    patients (default ``DEFAULT_HOLDOUT``); ``patient_key``: the site's pseudonym key file (module docstring)."""
     if engine not in ENGINES:
         raise TotalFMError(f"unknown report engine {engine!r}; use one of {', '.join(ENGINES)}")
     if not (segmenter in ("labels", "totalseg") or segmenter.startswith("unet:")):
@@ -451,7 +454,7 @@ def build_pairs(studies_dir: str | Path, out: str | Path, segmenter: str = "labe
     con = ix.connect(out / "index.sqlite", create=True)
     studies = find_studies(studies_dir)
     done = ix.done_keys(con)
-    split_rule = _holdout(con, holdout, patient_key)
+    split_rule = _holdout(con, holdout, Path(patient_key) if patient_key else out / "patient.key")
     todo = [(k, str(d), str(out), segmenter, engine, split_rule) for k, d in studies if k not in done]
     if limit is not None:
         todo = todo[:limit]

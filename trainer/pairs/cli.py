@@ -32,7 +32,7 @@ def build_pairs_main(argv: list[str]) -> int:
                         "test, split by DICOM PatientID (default 0.1,0.1; fixed when the dataset is created)")
     p.add_argument("--patient-key", metavar="FILE",
                    help="the site's pseudonym key (created when missing; keep it with the site's secrets): a rebuilt "
-                        "dataset then puts every patient on the same side as before. Default: a key for this dataset")
+                        "dataset then puts every patient on the same side as before. Default: DATASET/patient.key")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     holdout = None
