@@ -8,7 +8,8 @@ Content tree (codes chosen here, documented in docs/results/dicom.md):
   |    - Attenuation Coefficient (DCM 112031) in HU (UCUM "[hnsf'U]"), derivation Mean (SCT 373098007)
   |      (and Standard Deviation, SCT 386136009, when known)
   |    - per finding of that organ: qualitative evaluation <finding> = Present (SCT 52101004) / Absent
-  |      (SCT 272519000); the model score and its decision threshold as unitless measurements (UCUM "1") named
+  |      (SCT 272519000) / Indeterminate (SCT 82334004) for a finding the bundle never calls (no reliable threshold
+  |      on validation: not screened, so "Absent" would be a claim the model cannot make); the model score and its decision threshold as unitless measurements (UCUM "1") named
   |      "<finding> AI score" / "<finding> AI decision threshold" (private scheme 99TOTALFM: no standard codes
   |      exist for these findings)
   +- Qualitative Evaluations (DCM 126010): TEXT Summary (DCM 121111) = the draft report text, TEXT Comment
@@ -25,6 +26,7 @@ from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
 from pydicom.uid import generate_uid
 
+from appliance.scoring import never_called
 from appliance.store.results import AnalysisResult
 from dicom_node.codes import (ALGORITHM_NAME, DISCLAIMER, MANUFACTURER, PRIVATE_SCHEME, finding_code,
                               with_type2,
@@ -40,6 +42,7 @@ HU = Code("[hnsf'U]", "UCUM", "Hounsfield unit")
 NO_UNITS = Code("1", "UCUM", "no units")
 PRESENT = Code("52101004", "SCT", "Present")
 ABSENT = Code("272519000", "SCT", "Absent")
+INDETERMINATE = Code("82334004", "SCT", "Indeterminate")  # a finding the bundle never calls: not screened, not absent
 ANATOMICAL_STRUCTURE = Code("123037004", "SCT", "Anatomical Structure")
 QUALITATIVE_EVALUATIONS = Code("126010", "DCM", "Qualitative Evaluations")
 SUMMARY = Code("121111", "DCM", "Summary")
@@ -89,7 +92,8 @@ def build_sr(result: AnalysisResult, source: Sequence[Dataset], *, segmentation:
             measurements.append(_measurement(ATTENUATION, o.std_hu, HU, algo, site, STD))
         for f in by_organ.get(name, []):
             fc = finding_code(f.finding)
-            evaluations.append(hd.sr.QualitativeEvaluation(name=fc, value=PRESENT if f.positive else ABSENT))
+            value = PRESENT if f.positive else (INDETERMINATE if never_called(f.threshold) else ABSENT)
+            evaluations.append(hd.sr.QualitativeEvaluation(name=fc, value=value))
             measurements.append(_measurement(Code(f"{f.finding}.score", PRIVATE_SCHEME, f"{fc.meaning} AI score"),
                                              f.score, NO_UNITS, algo, site))
             if f.threshold is not None:

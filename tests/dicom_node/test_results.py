@@ -44,8 +44,12 @@ def _walk(items):
 
 
 def test_sr_content_and_dciodvfy(study, tmp_path):
+    from appliance.scoring import NEVER_POSITIVE
+    from appliance.store.results import FindingResult
     src = [pydicom.dcmread(f, stop_before_pixels=True) for f in study.files]
-    sr = build_sr(make_result(study), src)
+    result = make_result(study)  # plus a finding this bundle never calls (a high score cannot make it present)
+    result.findings.append(FindingResult("liver", "liver_lesion", 0.97, NEVER_POSITIVE, False))
+    sr = build_sr(result, src)
     path = tmp_path / "sr.dcm"
     sr.save_as(path, enforce_file_format=True)
     ds = pydicom.dcmread(path)
@@ -68,6 +72,7 @@ def test_sr_content_and_dciodvfy(study, tmp_path):
     evaluations = {_cv(i): i.ConceptCodeSequence[0].CodeMeaning
                    for i in items if i.ValueType == "CODE"}
     assert evaluations["hepatic_steatosis"] == "Present" and evaluations["kidneys_abnormal"] == "Absent"
+    assert evaluations["liver_lesion"] == "Indeterminate"  # not screened: never reported as absent
     if shutil.which("dciodvfy"):
         errors, warnings = _dciodvfy(path)
         assert errors == [], errors
