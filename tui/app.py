@@ -24,6 +24,7 @@ from textual.containers import VerticalScroll
 from textual.screen import ModalScreen, Screen
 from textual.widgets import DataTable, Footer, Header, Input, Static
 
+from appliance.scoring import never_called
 from appliance.store.models import utcnow
 from tui import actions, queries
 
@@ -293,7 +294,8 @@ class StudyDetailScreen(Base):
         findings = lat["findings"] if lat else []
         _fill(self.query_one("#findings", DataTable),
               [(f["finding"], f["organ"], f"{f['score']:.2f}", _num(f["threshold"], "{:.2f}"),
-                Text("POSITIVE", style="bold red") if f["positive"] else "neg") for f in findings],
+                Text("POSITIVE", style="bold red") if f["positive"] else
+                (Text("not screened", style="dim") if never_called(f["threshold"]) else "neg")) for f in findings],
               [f"{i}" for i in range(len(findings))])
         draft = Text()
         draft.append(f"Draft report - {DRAFT_LABEL}\n", style="bold yellow")

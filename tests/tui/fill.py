@@ -47,7 +47,8 @@ def result(series_uid: str) -> AnalysisResult:
                 FindingResult("gallbladder", "gallstones", 0.71, 0.60, True),
                 FindingResult("aorta", "atherosclerosis", 0.58, 0.50, True),
                 FindingResult("spleen", "splenomegaly", 0.12, 0.50, False),
-                FindingResult("kidneys", "renal_cyst", 0.31, 0.45, False)]
+                FindingResult("kidneys", "renal_cyst", 0.31, 0.45, False),
+                FindingResult("adrenal_glands", "adrenal_nodule", 0.93, 1.01, False)]  # never called by the bundle
     report = ReportDraft(DRAFT, {"sections": 2}, {"llm": "SmolLM2-135M-Instruct Q4_1"})
     return AnalysisResult(organs, findings, report, series_uid, "totalfm-untrained-0001", "cpu (onnxruntime)",
                           {"total_s": 41.2}, {"labels": "/var/lib/totalfm/results/labels.nii.gz"})

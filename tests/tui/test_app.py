@@ -140,6 +140,7 @@ def test_study_detail_shows_series_organs_findings_draft_versions_deliveries(mak
             findings = table_rows(app, "#findings")
             assert findings[0] == ["hepatic_steatosis", "liver", "0.87", "0.55", "POSITIVE"]
             assert ["splenomegaly", "spleen", "0.12", "0.50", "neg"] in findings
+            assert ["adrenal_nodule", "adrenal_glands", "0.93", "1.01", "not screened"] in findings  # not "neg"
             draft = text_of(app, "#draft")
             assert DRAFT_LABEL in draft and "Cholelithiasis" in draft and "not reviewed" in draft
             assert "v1 2026-11-28 22:15:00 new study" in text_of(app, "#versions")
