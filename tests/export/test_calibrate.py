@@ -3,6 +3,7 @@ the bundle's own ONNX graphs; the models stay byte for byte, the bundle gets a n
 from __future__ import annotations
 
 import hashlib
+import json
 import shutil
 from pathlib import Path
 
@@ -40,7 +41,7 @@ def _hashes(bundle: Path) -> dict:
             for p in sorted(bundle.rglob("*")) if p.is_file() and p.name != "manifest.json"}
 
 
-def test_calibrate_repicks_thresholds_keeps_the_models_and_gives_a_new_id(data, tmp_path):
+def test_calibrate_repicks_thresholds_keeps_the_models_and_gives_a_new_id(data, tmp_path, capsys):
     from export.calibrate import calibrate_bundle
 
     bundle = tmp_path / "bundle"
@@ -66,6 +67,11 @@ def test_calibrate_repicks_thresholds_keeps_the_models_and_gives_a_new_id(data, 
                                                                      "no_val_positive")), name
     assert after.provenance["metrics"]["encoder"]["data"] == f"pairs:{data['both']}"
     assert not list(tmp_path.glob(".bundle-*")) and not list(tmp_path.glob(".bundle.old-*"))  # no leftovers
+    from export.verify import main as verify
+    capsys.readouterr()
+    assert verify([str(bundle)]) == 0
+    shown = json.loads(capsys.readouterr().out)["thresholds_calibrated"]
+    assert shown == {"data": f"pairs:{data['both']}", "n_val": 3, "n_test": 3, "previous_bundle_id": before.bundle_id}
 
     again = calibrate_bundle(str(bundle), str(data["both"]), threads=1, bootstrap=0, log=lambda s: None)
     assert again["changed"] == {} and again["manifest"] is None and load_bundle(bundle).bundle_id == after.bundle_id
