@@ -9,9 +9,9 @@ Content tree (codes chosen here, documented in docs/results/dicom.md):
   |      (and Standard Deviation, SCT 386136009, when known)
   |    - per finding of that organ: qualitative evaluation <finding> = Present (SCT 52101004) / Absent
   |      (SCT 272519000) / Indeterminate (SCT 82334004) for a finding the bundle never calls (no reliable threshold
-  |      on validation: not screened, so "Absent" would be a claim the model cannot make); the model score and its decision threshold as unitless measurements (UCUM "1") named
-  |      "<finding> AI score" / "<finding> AI decision threshold" (private scheme 99TOTALFM: no standard codes
-  |      exist for these findings)
+  |      on validation: not screened, so "Absent" would be a claim the model cannot make); the model score and its
+  |      decision threshold as unitless measurements (UCUM "1") named "<finding> AI score" / "<finding> AI
+  |      decision threshold" (private scheme 99TOTALFM: no standard codes exist for these findings)
   +- Qualitative Evaluations (DCM 126010): TEXT Summary (DCM 121111) = the draft report text, TEXT Comment
        (DCM 121106) = the disclaimer.
 VerificationFlag is UNVERIFIED, CompletionFlag PARTIAL: a radiologist must review it.

@@ -163,13 +163,13 @@ def calibrate(y_val, s_val, rule: str = "pair") -> tuple[float, float, str]:
     ``rule``: the finding's score rule. Without a validation positive a "pair" score keeps 0.5 (positive and negative
     prompts equally close); a "positive" score has no such midpoint (it sits near 0.9 for every crop), so the finding
     is never called (``NEVER_POSITIVE``, source "no_val_positive")."""
-    thr, vf1 = M.best_threshold(y_val, s_val)  # drops non-finite scores; (0.5, NaN) without positives or scores
+    # drops non-finite scores; (0.5, NaN) without positives or scores, (NaN, 0.0) when no cut reaches the precision
+    thr, vf1 = M.best_threshold(y_val, s_val, min_precision=MIN_VAL_PRECISION)
     if not np.isfinite(vf1):
         return (NEVER_POSITIVE, vf1, "no_val_positive") if rule == "positive" else (thr, vf1, "default")
     auc = M.auroc(y_val, s_val)
     if not (np.isfinite(auc) and auc >= MIN_VAL_AUROC):
         return NEVER_POSITIVE, 0.0, "uninformative_on_val"
-    thr, vf1 = M.best_threshold(y_val, s_val, min_precision=MIN_VAL_PRECISION)
     if not np.isfinite(thr):
         return NEVER_POSITIVE, 0.0, "imprecise_on_val"
     return thr, vf1, "val_max_f1"
