@@ -72,6 +72,18 @@ def test_hospital_studies_are_split_by_patient_and_the_id_stays_out_of_the_index
         shutil.rmtree(hospital / "study_b2")
 
 
+def test_a_damaged_truth_json_leaves_the_study_unassigned_even_with_a_patient_id(hospital, tmp_path):
+    """A synthetic study whose truth.json cannot be read is not mistaken for a hospital study: its PatientID must not
+    place it (the log says 'split unassigned', and that must be what happens)."""
+    shutil.copytree(hospital / "study_b", tmp_path / "studies" / "study_badtruth")
+    (tmp_path / "studies" / "study_badtruth" / "truth.json").write_text("{not json")
+    assert build_pairs(tmp_path / "studies", tmp_path / "pairs", workers=1, progress=False)["ok"] == 1
+    with PairDataset(tmp_path / "pairs") as ds:
+        (row,) = ds.studies()
+        assert (row["split"], row["patient"]) == ("unassigned", None)
+        assert any("truth.json unreadable" in r["message"] for r in ds.log("study_badtruth"))
+
+
 def test_pseudonyms_are_keyed_and_the_split_shares_hold():
     k1, k2 = "00" * 32, "11" * 32
     assert patient_pseudonym("MRN-1", k1) == patient_pseudonym("MRN-1", k1) != patient_pseudonym("MRN-1", k2)

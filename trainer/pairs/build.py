@@ -270,7 +270,7 @@ def process_study(task: tuple) -> dict:
         keep["findings"] = [{k: f.get(k) for k in ("finding", "organ", "severity", "laterality", "size_mm")}
                             for f in truth.get("findings", [])]
         study["truth"] = json.dumps(keep, sort_keys=True)
-    else:  # a hospital study: split by patient (module docstring)
+    elif not (folder / "truth.json").exists():  # a hospital study: split by patient (module docstring)
         pid = dicom_patient_id(folder) if (folder / "dicom").is_dir() else None
         if pid:
             study["patient"] = patient_pseudonym(pid, holdout[0])
