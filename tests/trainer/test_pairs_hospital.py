@@ -107,6 +107,24 @@ def test_holdout_shares_must_leave_training_patients_and_a_lost_key_is_refused(t
         _holdout(sqlite3.connect(":memory:"), None, tmp_path / "bad")
 
 
+def test_a_synthetic_only_dataset_gets_no_patient_key_until_a_hospital_study_comes(hospital, tmp_path):
+    """The key is a secret to keep; a dataset of phantoms (every study has truth.json) has no patient to pseudonymise.
+    Once a hospital study is added, the resume creates and records the key like a first run."""
+    studies = tmp_path / "studies"
+    write_study(generate_study("analytic", 7, 9, findings=[]), studies / "phantom", dicom=False)
+    out = tmp_path / "pairs"
+    assert build_pairs(studies, out, workers=1, progress=False)["ok"] == 1
+    assert not (out / "patient.key").exists()
+    shutil.copytree(hospital / "study_b", studies / "study_b")
+    assert build_pairs(studies, out, workers=1, progress=False)["ok"] == 1
+    assert (out / "patient.key").exists()
+    with PairDataset(out) as ds:
+        assert {r["study_key"]: r["kind"] for r in ds.studies()} == {"phantom": "analytic", "study_b": "real"}
+    (out / "patient.key").unlink()  # from now on the dataset is bound to that key, even with nothing left to do
+    with pytest.raises(TotalFMError, match="another patient key"):
+        build_pairs(studies, out, workers=1, progress=False)
+
+
 KEY = "5e" * 32  # a site key written by the test, so it can pick PatientIDs whose split it knows
 
 

@@ -19,8 +19,9 @@ PatientID becomes a pseudonym (HMAC-SHA256, so the index never holds the ID) who
 patient on the same side, ``--holdout`` (default 10 % val, 10 % test) of the patients held out. The key is a file,
 never in the index (with it, pseudonyms of guessed IDs could be computed): the site's (``--patient-key FILE``), so that
 a rebuilt or later dataset keeps every patient on the same side, else DATASET/patient.key; both are created (0600)
-when missing. The index keeps the key's sha256 and the shares; a resume with another key or other shares is refused,
-since it could move a patient across splits. Their evaluation truth is the report's own labels (labels.source
+when missing, and only when a run has a hospital study to place (a synthetic-only dataset gets no key file). The
+index keeps the key's sha256 and the shares; a resume with another key or other shares is refused, since it could
+move a patient across splits. Their evaluation truth is the report's own labels (labels.source
 'report'). A study with neither truth.json nor a PatientID stays 'unassigned' (logged): placing it could put one
 patient on both sides.
 Logs hold reasons and counts, never report text.
@@ -432,6 +433,15 @@ def _holdout(con, holdout: tuple[float, float] | None, key_file: Path) -> tuple[
     return key, stored[0], stored[1]
 
 
+def _needs_patient_key(con, pending: list) -> bool:
+    """Whether this run needs the pseudonym key: a hospital study (no truth.json) to place, or an index that already
+    recorded a key (a resume must then show the same one). Why: a synthetic-only dataset should not get a secret
+    file that nobody will keep."""
+    if con.execute("SELECT 1 FROM meta WHERE key = 'patient_key_sha256'").fetchone():
+        return True
+    return any(not (Path(d) / "truth.json").exists() for _, d in pending)
+
+
 def build_pairs(studies_dir: str | Path, out: str | Path, segmenter: str = "labels", engine: str = "rules",
                 workers: int | None = None, *, progress: bool = True, limit: int | None = None,
                 holdout: tuple[float, float] | None = None, patient_key: str | Path | None = None) -> dict:
@@ -454,8 +464,10 @@ def build_pairs(studies_dir: str | Path, out: str | Path, segmenter: str = "labe
     con = ix.connect(out / "index.sqlite", create=True)
     studies = find_studies(studies_dir)
     done = ix.done_keys(con)
-    split_rule = _holdout(con, holdout, Path(patient_key) if patient_key else out / "patient.key")
-    todo = [(k, str(d), str(out), segmenter, engine, split_rule) for k, d in studies if k not in done]
+    pending = [(k, d) for k, d in studies if k not in done]
+    key_file = Path(patient_key) if patient_key else out / "patient.key"
+    split_rule = _holdout(con, holdout, key_file) if _needs_patient_key(con, pending) else None
+    todo = [(k, str(d), str(out), segmenter, engine, split_rule) for k, d in pending]
     if limit is not None:
         todo = todo[:limit]
     run_id = ix.start_run(con, {"studies": str(studies_dir), "segmenter": segmenter, "engine": engine,
