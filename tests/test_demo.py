@@ -17,6 +17,7 @@ def test_demo_runs_end_to_end(tmp_path, shared_data):
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     text = out.stdout
     assert "== organs found" in text and "== draft report" in text
+    assert "(real-backed phantom)" in text  # the shared data was given: the study is real-backed, and says so
     assert "AI DRAFT for radiologist review" in text
     assert text.count("received ") >= 2  # SR and SEG reached the stand-in PACS
     inbox = sorted(p.name.split("_")[0] for p in (tmp_path / "demo" / "pacs_inbox").iterdir())

@@ -165,8 +165,9 @@ def main(argv: list[str]) -> int:
     cfg = _write_config(work, node_port, pacs_port, args.bundle, args.llm)
     print(f"== demo folder {work}\n   site config {cfg}")
 
-    print("== 1/5 writing a synthetic study with known findings (real-backed phantom)")
     kind = "real-backed" if (Path(args.data_dir) / "real-ct").is_dir() else "analytic"
+    why = "" if kind == "real-backed" else f"; no real CT under {Path(args.data_dir).resolve()}/real-ct"
+    print(f"== 1/5 writing a synthetic study with known findings ({kind} phantom{why})")
     study_dir = work / "study"
     subprocess.run(_totalfm("synth", "--n", "1", "--kind", kind, "--seed", str(args.seed), "--data-dir",
                             args.data_dir, "--out", str(study_dir)), check=True, stdout=subprocess.DEVNULL)
