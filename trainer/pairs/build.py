@@ -86,6 +86,12 @@ def dicom_patient_id(folder: Path) -> str | None:
     return None
 
 
+def is_hospital_study(folder: Path) -> bool:
+    """A site's own study (no truth.json at all), split by patient; one place, so the worker that splits it and the
+    run that decides whether the pseudonym key is needed agree."""
+    return not (folder / "truth.json").exists()
+
+
 def patient_pseudonym(patient_id: str, key: str) -> str:
     """A stable stand-in for a PatientID in one dataset (keyed, so it cannot be reversed by hashing guessed IDs)."""
     return "p-" + hmac.new(bytes.fromhex(key), patient_id.encode(), hashlib.sha256).hexdigest()[:16]
@@ -271,7 +277,7 @@ def process_study(task: tuple) -> dict:
         keep["findings"] = [{k: f.get(k) for k in ("finding", "organ", "severity", "laterality", "size_mm")}
                             for f in truth.get("findings", [])]
         study["truth"] = json.dumps(keep, sort_keys=True)
-    elif not (folder / "truth.json").exists():  # a hospital study: split by patient (module docstring)
+    elif is_hospital_study(folder):  # split by patient (module docstring)
         pid = dicom_patient_id(folder) if (folder / "dicom").is_dir() else None
         if pid:
             study["patient"] = patient_pseudonym(pid, holdout[0])
@@ -439,7 +445,7 @@ def _needs_patient_key(con, pending: list) -> bool:
     file that nobody will keep."""
     if con.execute("SELECT 1 FROM meta WHERE key = 'patient_key_sha256'").fetchone():
         return True
-    return any(not (Path(d) / "truth.json").exists() for _, d in pending)
+    return any(is_hospital_study(Path(d)) for _, d in pending)
 
 
 def build_pairs(studies_dir: str | Path, out: str | Path, segmenter: str = "labels", engine: str = "rules",
