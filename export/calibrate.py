@@ -30,14 +30,13 @@ def calibrate_bundle(bundle: str, pairs: str, *, threads: int = 2, bootstrap: in
                      bundle_id: str | None = None, log=print) -> dict:
     """-> {"thresholds", "changed", "macro", "manifest"}; see the module docstring. ``manifest`` is the new one, None
     on a dry run or when no threshold changes."""
-    from appliance.bundle import load_bundle
     from export.bundle_build import replace_thresholds
     from trainer.evaluate import cli as ev
     from trainer.evaluate.zeroshot import MIN_VAL_AUROC, MIN_VAL_PRECISION, evaluate, finding_specs
 
     t0 = time.time()
-    old = {f.name: f.threshold for f in load_bundle(bundle).findings}
     encode, embed_texts, scale, meta = ev.bundle_encoders(bundle, threads)
+    old = meta["thresholds"]
     cfg = meta["model_config"]
     args = argparse.Namespace(pairs=pairs, threads=threads, seed=0, synth_val=0, synth_test=0)
     val, test, src = ev.load_splits(args, cfg["input_shape"], encode, int(cfg["embed_dim"]),

@@ -100,7 +100,8 @@ def bundle_encoders(bundle_path: str | Path, threads: int = 2):
     meta = {"model_config": {"input_shape": spec.preprocessing["input_shape"], "embed_dim": int(table.shape[1]),
                              "measurements": int(spec.preprocessing.get("n_measurements", 0))},
             "bundle_id": b.bundle_id, "anchor": b.provenance.get("anchor"),
-            "score_rules": {f.name: f.score for f in b.findings}}
+            "score_rules": {f.name: f.score for f in b.findings},
+            "thresholds": {f.name: f.threshold for f in b.findings}}
     return encode_crops, embed_texts, float(b.logit_scale), meta
 
 
