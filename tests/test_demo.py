@@ -22,3 +22,12 @@ def test_demo_runs_end_to_end(tmp_path, shared_data):
     assert text.count("received ") >= 2  # SR and SEG reached the stand-in PACS
     inbox = sorted(p.name.split("_")[0] for p in (tmp_path / "demo" / "pacs_inbox").iterdir())
     assert inbox == ["SEG", "SR"]
+
+
+def test_the_demo_says_which_folder_lacked_real_ct_when_it_falls_back(tmp_path, shared_data):
+    from appliance.commands.demo import phantom_kind
+
+    assert phantom_kind(shared_data) == ("real-backed", "")
+    kind, why = phantom_kind(tmp_path / "no-data")
+    assert kind == "analytic"
+    assert str((tmp_path / "no-data" / "real-ct").resolve()) in why

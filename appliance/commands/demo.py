@@ -144,6 +144,15 @@ def _print_result(result, truth: dict) -> None:
         print("\n== draft report\n" + result.report.draft_text)
 
 
+def phantom_kind(data_dir) -> tuple[str, str]:
+    """("real-backed", "") when the shared real CT is there, else ("analytic", why): a user who expected real anatomy
+    sees at once which folder was looked in."""
+    real = Path(data_dir) / "real-ct"
+    if real.is_dir():
+        return "real-backed", ""
+    return "analytic", f"; no real CT under {real.resolve()}"
+
+
 def main(argv: list[str]) -> int:
     p = argparse.ArgumentParser(prog="totalfm demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -165,8 +174,7 @@ def main(argv: list[str]) -> int:
     cfg = _write_config(work, node_port, pacs_port, args.bundle, args.llm)
     print(f"== demo folder {work}\n   site config {cfg}")
 
-    kind = "real-backed" if (Path(args.data_dir) / "real-ct").is_dir() else "analytic"
-    why = "" if kind == "real-backed" else f"; no real CT under {Path(args.data_dir).resolve()}/real-ct"
+    kind, why = phantom_kind(args.data_dir)
     print(f"== 1/5 writing a synthetic study with known findings ({kind} phantom{why})")
     study_dir = work / "study"
     subprocess.run(_totalfm("synth", "--n", "1", "--kind", kind, "--seed", str(args.seed), "--data-dir",
