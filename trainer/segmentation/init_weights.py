@@ -22,8 +22,16 @@ import torch
 from appliance import ontology
 from appliance.errors import TotalFMError
 
-# ONNX Runtime CPU against torch CPU, float32, the same weights: differences are rounding
+# ONNX Runtime CPU against torch CPU, float32, the same weights: differences are rounding, and rounding grows with the
+# logits. On the noise probe below bundle s14's logits reach 225-260 and differ by up to 1.5e-3 (relative 2.6e-6 to
+# 6.7e-6 over 8 probes); a fixed 1e-3 refused it one probe in two. A wrong weight mapping differs by whole logits.
 PARITY_MAX_ABS_LOGIT = 1e-3
+PARITY_MAX_REL_LOGIT = 2e-5
+
+
+def parity_tolerance(ref: np.ndarray) -> float:
+    """Largest |torch - ONNX| logit difference that is still rounding, for reference logits ``ref``."""
+    return max(PARITY_MAX_ABS_LOGIT, PARITY_MAX_REL_LOGIT * float(np.abs(ref).max(initial=0.0)))
 
 
 @dataclass
@@ -128,6 +136,7 @@ def _check_parity(model, onnx_path: Path, pp: dict) -> None:
     with torch.no_grad():
         got = model(torch.from_numpy(x)).numpy()
     diff = float(np.abs(got - ref).max()) if got.shape == ref.shape else float("inf")
-    if not diff <= PARITY_MAX_ABS_LOGIT:
+    tol = parity_tolerance(ref)
+    if not diff <= tol:
         raise TotalFMError(f"{onnx_path}: the U-Net rebuilt from its weights does not reproduce the graph's logits "
-                           f"(max |diff| {diff:.3g} > {PARITY_MAX_ABS_LOGIT}); refusing to train from it")
+                           f"(max |diff| {diff:.3g} > {tol:.3g}); refusing to train from it")
