@@ -41,46 +41,10 @@ import shutil
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-R: dict = {"steps": {}}
-DEADLINE = [float("inf")]  # time.time() after which no step starts and running ones are cut
-
-
-def note(key: str, value) -> None:
-    R[key] = value
-    print(f"[gpu_vit_budget] {key}: {json.dumps(value, default=str)[:600]}", flush=True)
-
-
-def save(out: Path) -> None:
-    for d in {out, Path(R.get("work", out))}:
-        (d / "gpu_vit_budget.json").write_text(json.dumps(R, indent=2, default=str))
-
-
-def sh(cmd: list[str], name: str, out: Path, timeout: float, env: dict) -> bool:
-    """Run one step; its wall time and return code go into the JSON whatever happens."""
-    t0 = time.time()
-    left = DEADLINE[0] - t0
-    if left < 20:
-        R["steps"][name] = {"rc": "not started: deadline"}
-        save(out)
-        return False
-    print(f"[gpu_vit_budget] $ {' '.join(cmd)}", flush=True)
-    try:
-        rc = subprocess.run(cmd, env=env, timeout=min(timeout, left), cwd=REPO).returncode
-    except subprocess.TimeoutExpired:
-        rc = "timeout"
-    R["steps"][name] = {"rc": rc, "seconds": round(time.time() - t0, 1)}
-    print(f"[gpu_vit_budget] {name}: rc {rc} in {time.time() - t0:.0f} s", flush=True)
-    save(out)
-    return rc == 0
-
-
-def totalfm(*args: str) -> list[str]:
-    return [sys.executable, "-c", "import sys; from appliance.cli import main; sys.exit(main(sys.argv[1:]))", *args]
-
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu_common import REPO, Record, download_wheels, probe_torch, step_env, totalfm  # noqa: E402
 
 def gpu_recipe(work: Path, small: bool, workers: int) -> Path:
     """demo.toml with the GPU's device and cores, checkpoints every 1,000 steps (every 25 would write the 90 MB text
@@ -125,10 +89,7 @@ def prepare(dest: Path) -> None:
     for p in (shared / "real-ct").iterdir():
         if p.name.startswith("ts_") or p.suffix == ".json":
             (shutil.copytree if p.is_dir() else shutil.copy2)(p, real / p.name)
-    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--only-binary=:all:",
-                    "--python-version", "3.12", "--implementation", "cp", "--platform", "manylinux_2_28_x86_64",
-                    "--platform", "manylinux_2_17_x86_64", "-d", str(dest / "whl"), "pydicom", "nibabel",
-                    "tensorrt-cu13-bindings"], check=True)
+    download_wheels(dest / "whl", "pydicom", "nibabel", "tensorrt-cu13-bindings")
     print(f"payload in {dest}: " + ", ".join(f"{p.name} {sum(f.stat().st_size for f in p.rglob('*')) / 1e6:.1f} MB"
                                              for p in sorted(dest.iterdir())))
 
@@ -148,31 +109,14 @@ def main() -> int:
     ap.add_argument("--deadline", type=float, default=0, help="seconds: start no step after this, cut a running one "
                     "(rerun the same command to go on: finished steps are skipped)")
     a = ap.parse_args()
-    if a.deadline:
-        DEADLINE[0] = time.time() + a.deadline
     out, work, payload = Path(a.out), Path(a.work), (REPO / a.payload).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    work.mkdir(parents=True, exist_ok=True)
-    if (work / "gpu_vit_budget.json").exists():  # a rerun goes on from the last one
-        R.update(json.loads((work / "gpu_vit_budget.json").read_text()))
-        R["reruns"] = R.get("reruns", 0) + 1
+    rec = Record("gpu_vit_budget", out, work, a.deadline)
+    R, note = rec.R, rec.note
     R["work"] = str(work)
     cores = os.cpu_count() or 2
-    env = dict(os.environ, PYTHONUNBUFFERED="1", TOTALFM_MINILM_DIR=str(payload / "minilm"),
-               TOTALFM_SHARED_DATA=str(payload / "shared" / "data"))
-    if (payload / "whl").is_dir() and any((payload / "whl").glob("*.whl")):
-        site = work / "site"
-        for whl in sorted((payload / "whl").glob("*.whl")):  # one by one: a wheel for another Python skips alone
-            subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--no-compile",
-                            "--upgrade", "--target", str(site), str(whl)], check=False)
-        env["PYTHONPATH"] = f"{site}:{REPO}:{env.get('PYTHONPATH', '')}"
-    else:
-        env["PYTHONPATH"] = f"{REPO}:{env.get('PYTHONPATH', '')}"
-    probe = ("import json, torch; d = torch.cuda.is_available(); print(json.dumps({'torch': torch.__version__, "
-             "'cuda': d, 'gpu': torch.cuda.get_device_name(0) if d else None, "
-             "'bf16': bool(d and torch.cuda.is_bf16_supported())}))")
-    r = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True)
-    note("torch", r.stdout.strip() or r.stderr[-400:])
+    env = step_env(payload, work, TOTALFM_MINILM_DIR=str(payload / "minilm"),
+                   TOTALFM_SHARED_DATA=str(payload / "shared" / "data"))
+    note("torch", probe_torch(env))
     r = subprocess.run([sys.executable, "-c", "import trainer.recipe, trainer.synth.cli, trainer.pairs.cli, "
                         "trainer.model.contrastive, trainer.evaluate.cli; print('ok')"], env=env,
                        capture_output=True, text=True, cwd=REPO)
@@ -187,28 +131,26 @@ def main() -> int:
                                        text=True).stdout.strip()
     note("tensorrt", trt)
     note("cores", cores)
-    save(out)
 
     recipe = gpu_recipe(work, a.small, workers=cores)
     run_dir = work / "recipe"
     # 1. data: the demo recipe's synth + build-pairs (no training), and the enriched set
-    def done(name: str) -> bool:
-        return R["steps"].get(name, {}).get("rc") == 0
+    done, sh = rec.done, rec.run
 
     if not done("synth_and_pairs"):
         sh(totalfm("train", "recipe", str(recipe), "--out", str(run_dir), "--threads", str(cores),
-                   "--skip", "contrastive,eval,pretrain"), "synth_and_pairs", out, 900, env)
+                   "--skip", "contrastive,eval,pretrain"), "synth_and_pairs", 900, env)
     enr = work / "enriched"
     if not done("enriched_synth"):
         shutil.rmtree(enr / "studies", ignore_errors=True)
         sh(totalfm("synth", "--no-dicom", "--n", "6" if a.small else "96", "--kind", "analytic", "--seed", "3000",
                    "--size", "128,128,96", "--findings-per-study", "3,6", "--normal-fraction", "0.1", "--phrasing",
-                   "heldout", "--out", str(enr / "studies"), "--workers", str(cores)), "enriched_synth", out, 600,
+                   "heldout", "--out", str(enr / "studies"), "--workers", str(cores)), "enriched_synth", 600,
            env)
     if not done("enriched_pairs"):
         sh(totalfm("train", "build-pairs", "--studies", str(enr / "studies"), "--out", str(enr / "pairs"),
                    "--segmenter", "labels", "--engine", "rules", "--workers", str(cores), "--no-progress"),
-           "enriched_pairs", out, 600, env)
+           "enriched_pairs", 600, env)
     pairs = run_dir / "pairs"
 
     def train(name: str, extra: list[str]) -> Path:
@@ -216,7 +158,7 @@ def main() -> int:
         if not (d / "contrastive_summary.json").exists():
             sh(totalfm("train", "contrastive", "--recipe", str(recipe), "--pairs", str(pairs), "--out", str(d),
                        "--threads", str(cores), "--device", a.device, "--init", "scratch", *extra), f"train_{name}",
-               out, 1200, env)
+               1200, env)
         s = d / "contrastive_summary.json"
         if s.exists():
             j = json.loads(s.read_text())
@@ -232,10 +174,10 @@ def main() -> int:
                 continue
             ok = sh(totalfm("train", "eval", "--checkpoint", str(ckpt), "--pairs", str(p), "--out", str(d),
                             "--held-out-score", "positive", "--bootstrap", "50" if a.small else "200", "--no-plots",
-                            "--threads", str(cores), *extra), f"eval_{name}_{tag}", out, 600, env)
+                            "--threads", str(cores), *extra), f"eval_{name}_{tag}", 600, env)
             if ok:
                 R.setdefault("results", {}).setdefault(name, {})[tag] = metrics(d)
-                save(out)
+                rec.save()
 
     # 2. B first (the question), then the control A with the same warm-up (same seed, same batches), then W
     b_dir = train("B_gpu_budget", ["--time-budget", str(10 if a.small else a.budget), "--epochs", "100000"])
@@ -253,7 +195,7 @@ def main() -> int:
                 sorted(work.glob("eval_*/*.md")) + [run_dir / "recipe_summary.json", recipe]:
             if p.exists():
                 tf.add(p, arcname=str(p.relative_to(work)))
-    save(out)
+    rec.save()
     return 0
 
 

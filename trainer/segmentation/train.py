@@ -85,18 +85,37 @@ def dice_ce_loss(logits, target, n_classes: int):
     return ce + dice_loss
 
 
-def train(recipe: dict, out: Path, *, train_patient: str | None = None, iterations: int | None = None,
-          max_minutes: float | None = None, data_dir=None, init: str | Path | None = None, log=print) -> Path:
+def resolve_device(name: str) -> str:
+    """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``; ``cuda`` without one is refused before any work."""
     import torch
 
+    name = (name or "cpu").lower()
+    if name not in ("auto", "cpu", "cuda"):
+        raise TotalFMError(f"seg-train device must be auto, cpu or cuda, got {name!r}")
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and not torch.cuda.is_available():
+        raise TotalFMError("seg-train --device cuda: torch sees no CUDA GPU here (torch "
+                           f"{torch.__version__}, CUDA build {torch.version.cuda}); use --device cpu or auto")
+    return name
+
+
+def train(recipe: dict, out: Path, *, train_patient: str | None = None, iterations: int | None = None,
+          max_minutes: float | None = None, data_dir=None, init: str | Path | None = None,
+          device: str | None = None, workers: int | None = None, log=print) -> Path:
+    import torch
+
+    from trainer.segmentation.batches import BatchStream
     from trainer.segmentation.seg_data import PatchSampler, training_cases
-    from trainer.segmentation.unet import build, save_checkpoint
+    from trainer.segmentation.unet import build
 
     d, t = recipe["data"], recipe["train"]
     train_patient = train_patient or d.get("train_patient", "A")
     iterations = int(iterations or t["iterations"])
     max_minutes = float(max_minutes if max_minutes is not None else t.get("max_minutes", 1e9))
     torch.set_num_threads(int(t.get("threads", 2)))
+    device = resolve_device(device or t.get("device", "cpu"))
+    workers = int(workers if workers is not None else t.get("sampler_workers", 0))
     seed = int(d.get("seed", 0))
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -118,7 +137,7 @@ def train(recipe: dict, out: Path, *, train_patient: str | None = None, iteratio
     cache = Path(d["cache_dir"]) if d.get("cache_dir") else None
     cases = training_cases(train_patient, pp["spacing_mm"], n_analytic=int(d["n_analytic"]),
                            n_realbacked=int(d["n_realbacked"]), n_whole_torso=int(d.get("n_whole_torso", 0)),
-                           seed=seed, data_dir=data_dir, cache_dir=cache, log=log)
+                           seed=seed, data_dir=data_dir, cache_dir=cache, workers=workers, log=log)
     t_data = time.time() - t0
     log(f"data ready in {t_data:.0f}s")
     weights = [float(t.get("real_weight", 3.0)) if c.name.startswith("ts_") else 1.0 for c in cases]
@@ -126,18 +145,45 @@ def train(recipe: dict, out: Path, *, train_patient: str | None = None, iteratio
                 if k in t}  # absent: no spatial augmentation, classes drawn per case
     sampler = PatchSampler(cases, pp["patch_size"], pp, rng=rng, p_class=float(t.get("p_class", 0.7)),
                            case_weights=weights, **sampling)
+    # the workers fork before CUDA is touched in this process
+    batches = BatchStream(sampler, int(t["batch"]), workers=workers, seed=seed)
     model = build({"channels": recipe["model"]["channels"]})
     if start is not None:
         model.load_state_dict(start.state_dict)
         log(f"initialised from {start.source}")
+    model.to(device)
+    cuda = device == "cuda"
+    if cuda:
+        torch.backends.cudnn.benchmark = True  # fixed patch shape: pick the fastest convolution once
+    log(f"training on {device}" + (f" ({torch.cuda.get_device_name(0)}, bf16 autocast)" if cuda else "")
+        + (f", {workers} sampler workers" if workers else ""))
     n_classes = model.config["n_classes"]
     opt = torch.optim.AdamW(model.parameters(), lr=float(t["lr"]), weight_decay=1e-4)
     lr0 = float(t["lr"])
     every = int(t.get("checkpoint_every", 150))
     deadline = t0 + max_minutes * 60
     provenance = {"train_patient": train_patient, "held_out_patient": "B" if train_patient == "A" else "A",
-                  "recipe": recipe, "git_commit": _git_commit(),
+                  "recipe": recipe, "git_commit": _git_commit(), "device": device, "sampler_workers": workers,
                   "init_from": start.source if start else None, "cases": [c.name for c in cases]}
+    try:
+        it = _loop(model, opt, batches, out, pp, provenance, iterations=iterations, lr0=lr0, every=every,
+                   t0=t0, t_data=t_data, deadline=deadline, max_minutes=max_minutes, n_classes=n_classes,
+                   device=device, log=log)
+    finally:
+        batches.close()  # stops the sampler workers
+    log(f"saved {out} after {it} iterations, {time.time() - t0:.0f}s total")
+    return out
+
+
+def _loop(model, opt, batches, out, pp, provenance, *, iterations, lr0, every, t0, t_data, deadline, max_minutes,
+          n_classes, device, log) -> int:
+    import contextlib
+
+    import torch
+
+    from trainer.segmentation.unet import save_checkpoint
+
+    cuda = device == "cuda"
     losses: list[float] = []
     it = 0
     model.train()
@@ -148,9 +194,13 @@ def train(recipe: dict, out: Path, *, train_patient: str | None = None, iteratio
         frac = min(1.0, max((it - 1) / iterations, (time.time() - t_train) / max(1.0, deadline - t_train)))
         for g in opt.param_groups:
             g["lr"] = lr0 * (1 - frac) ** 0.9
-        x, y = sampler.sample(int(t["batch"]))
-        logits = model(torch.from_numpy(x))
-        loss = dice_ce_loss(logits, torch.from_numpy(y), n_classes)
+        x, y = next(batches)
+        x = torch.from_numpy(x).to(device, non_blocking=cuda)
+        y = torch.from_numpy(y).to(device, non_blocking=cuda)
+        # bf16 on the GPU (no loss scaling needed, unlike fp16); the loss itself in fp32
+        with torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext():
+            logits = model(x)
+        loss = dice_ce_loss(logits.float(), y, n_classes)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -168,8 +218,7 @@ def train(recipe: dict, out: Path, *, train_patient: str | None = None, iteratio
         if stop:
             log(f"wall-clock budget of {max_minutes} min reached at iteration {it}")
             break
-    log(f"saved {out} after {it} iterations, {time.time() - t0:.0f}s total")
-    return out
+    return it
 
 
 def main(argv: list[str]) -> int:
@@ -183,11 +232,17 @@ def main(argv: list[str]) -> int:
     ap.add_argument("--init", default=None,
                     help="start from these weights: a seg checkpoint (.pt) or a model bundle's segmenter (its "
                          "folder); the bundle's graph must reproduce its own logits; the held-out patient stays out")
+    ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
+                    help="where to train (default: the recipe's [train] device, else cpu); cuda trains in bf16")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="processes drawing patches (default: the recipe's [train] sampler_workers, else 0 = in "
+                         "the training process); a GPU needs several to be kept busy")
     ap.add_argument("--eval", action="store_true", help="run seg-eval on the held-out patient + phantoms afterwards")
     a = ap.parse_args(argv)
     recipe = load_recipe(a.recipe)
     out = train(recipe, Path(a.out), train_patient=a.train_patient, iterations=a.iterations,
-                max_minutes=a.max_minutes, data_dir=a.data_dir, init=a.init, log=lambda m: print(m, flush=True))
+                max_minutes=a.max_minutes, data_dir=a.data_dir, init=a.init, device=a.device, workers=a.workers,
+                log=lambda m: print(m, flush=True))
     if a.eval:
         from trainer.segmentation.evaluate import main as eval_main
 
