@@ -74,7 +74,8 @@ def gpu_recipe(work: Path, name: str, *, device: str, workers: int, batch: int, 
     text = re.sub(r"(?m)^batch = \d+", f"batch = {batch}", text)
     text = re.sub(r"(?m)^checkpoint_every = \d+", "checkpoint_every = 500", text)
     text = re.sub(r"(?m)^cache_dir = .*$", f'cache_dir = "{work / "cache"}"', text)
-    text = re.sub(r"(?m)^\[train\]$", f'[train]\ndevice = "{device}"\nsampler_workers = {workers}', text)
+    text = re.sub(r'(?m)^device = "cpu"', f'device = "{device}"', text)
+    text = re.sub(r"(?m)^sampler_workers = \d+", f"sampler_workers = {workers}", text)
     if channels:
         text = re.sub(r"(?m)^channels = .*$", f"channels = {list(channels)}", text)
     if small:
