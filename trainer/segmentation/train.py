@@ -1,7 +1,7 @@
 """`totalfm train seg-train`: train the distilled 3-D U-Net on TotalSegmentator label maps (organ label space).
 
     totalfm train seg-train --recipe trainer/recipes/seg_demo.toml --out var/models/seg_demo.pt [--train-patient A|B]
-        [--iterations N] [--max-minutes M] [--init CKPT|BUNDLE] [--eval]
+        [--iterations N] [--max-minutes M] [--init CKPT|BUNDLE] [--device auto|cpu|cuda] [--workers N] [--eval]
 
 Writes the checkpoint every ``checkpoint_every`` iterations and at the end (atomic replace), so a partial run still
 leaves a usable model. The checkpoint's ``preprocessing`` is exactly what ``appliance.segment.segment_volume`` needs
