@@ -3,6 +3,7 @@ one deadline (a lent GPU call is cut at 10 minutes; a rerun goes on from the rec
 installed from the carried payload, and the environment every step runs in."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -51,12 +52,9 @@ class Record:
             return False
         print(f"[{self.name}] $ {' '.join(cmd)}", flush=True)
         try:
-            if log is None:
-                rc = subprocess.run(cmd, env=env, timeout=min(timeout, self.left()), cwd=REPO).returncode
-            else:
-                with open(log, "w") as fh:
-                    rc = subprocess.run(cmd, env=env, timeout=min(timeout, self.left()), cwd=REPO, stdout=fh,
-                                        stderr=subprocess.STDOUT).returncode
+            with open(log, "w") if log else contextlib.nullcontext() as fh:
+                rc = subprocess.run(cmd, env=env, timeout=min(timeout, self.left()), cwd=REPO, stdout=fh,
+                                    stderr=subprocess.STDOUT if fh else None).returncode
         except subprocess.TimeoutExpired:
             rc = "timeout"
         self.R["steps"][step] = {"rc": rc, "seconds": round(time.time() - t0, 1)}

@@ -45,8 +45,6 @@ WIDE = [16, 32, 64, 128]
 def prepare(dest: Path, init: str) -> None:
     """The payload: the shared real CTs (the real-backed phantoms and the held-out patient need them), the starting
     segmenter as a checkpoint, and wheels for Python 3.12 of what the GPU image lacks (pydicom, nibabel)."""
-    import torch
-
     from trainer.segmentation.init_weights import load_init
     from trainer.segmentation.unet import build, save_checkpoint
 
@@ -59,10 +57,9 @@ def prepare(dest: Path, init: str) -> None:
     start = load_init(init)
     model = build(start.config)
     model.load_state_dict(start.state_dict)
-    ck = save_checkpoint(dest / "init.pt", model, start.preprocessing, {},
-                         {"provenance": {"train_patient": "B" if start.held_out_patient == "A" else "A",
-                                         "held_out_patient": start.held_out_patient, "init_from": start.source}})
-    torch.load(ck, weights_only=False)  # readable
+    save_checkpoint(dest / "init.pt", model, start.preprocessing, {},
+                    {"provenance": {"train_patient": "B" if start.held_out_patient == "A" else "A",
+                                    "held_out_patient": start.held_out_patient, "init_from": start.source}})
     download_wheels(dest / "whl", "pydicom", "nibabel")
     size = {p.name: sum(f.stat().st_size for f in ([p] if p.is_file() else p.rglob("*"))) for p in dest.iterdir()}
     print(f"payload in {dest}: " + ", ".join(f"{k} {v / 1e6:.1f} MB" for k, v in sorted(size.items())))

@@ -46,6 +46,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from gpu_common import REPO, Record, download_wheels, probe_torch, step_env, totalfm  # noqa: E402
 
+
 def gpu_recipe(work: Path, small: bool, workers: int) -> Path:
     """demo.toml with the GPU's device and cores, checkpoints every 1,000 steps (every 25 would write the 90 MB text
     tower a few times a second) and, with --small, a handful of studies."""

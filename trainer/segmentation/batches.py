@@ -32,12 +32,12 @@ class BatchStream:
 
     ``workers`` > 0: that many processes, forked here (in the constructor, so before the caller touches CUDA), at
     most ``prefetch`` x ``workers`` batches drawn ahead (bounded memory: a 16-patch batch of the demo patch is
-    ~24 MB). ``start``: the index of the first batch."""
+    ~24 MB)."""
 
-    def __init__(self, sampler, batch: int, *, workers: int = 0, seed: int = 0, prefetch: int = 2, start: int = 0):
+    def __init__(self, sampler, batch: int, *, workers: int = 0, seed: int = 0, prefetch: int = 2):
         global _SAMPLER
         self.sampler, self.batch, self.workers, self.seed = sampler, int(batch), int(workers), int(seed)
-        self.index = int(start)
+        self.index = 0
         self.depth = max(1, int(prefetch) * self.workers)
         self.pending: deque = deque()
         self.pool = None

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import operator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -222,16 +223,12 @@ def training_cases(train_patient: str, spacing, *, n_analytic: int, n_realbacked
         import multiprocessing as mp
 
         with mp.get_context("fork").Pool(min(workers, len(specs))) as pool:
-            cases += pool.map(_call, specs, chunksize=1)
+            cases += pool.map(operator.call, specs, chunksize=1)
     else:
         cases += [make() for make in specs]
     log(f"training cases: {len(cases)} ({sum(c.patient == train_patient for c in cases)} of patient "
         f"{train_patient}, {sum(c.patient == 'analytic' for c in cases)} analytic)")
     return cases
-
-
-def _call(make):
-    return make()
 
 
 class PatchSampler:

@@ -12,6 +12,7 @@ of a model bundle (trainer/segmentation/init_weights.py); `totalfm export seg` p
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import subprocess
 import sys
@@ -107,7 +108,7 @@ def train(recipe: dict, out: Path, *, train_patient: str | None = None, iteratio
 
     from trainer.segmentation.batches import BatchStream
     from trainer.segmentation.seg_data import PatchSampler, training_cases
-    from trainer.segmentation.unet import build
+    from trainer.segmentation.unet import build, save_checkpoint
 
     d, t = recipe["data"], recipe["train"]
     train_patient = train_patient or d.get("train_patient", "A")
@@ -165,60 +166,45 @@ def train(recipe: dict, out: Path, *, train_patient: str | None = None, iteratio
     provenance = {"train_patient": train_patient, "held_out_patient": "B" if train_patient == "A" else "A",
                   "recipe": recipe, "git_commit": _git_commit(), "device": device, "sampler_workers": workers,
                   "init_from": start.source if start else None, "cases": [c.name for c in cases]}
-    try:
-        it = _loop(model, opt, batches, out, pp, provenance, iterations=iterations, lr0=lr0, every=every,
-                   t0=t0, t_data=t_data, deadline=deadline, max_minutes=max_minutes, n_classes=n_classes,
-                   device=device, log=log)
-    finally:
-        batches.close()  # stops the sampler workers
-    log(f"saved {out} after {it} iterations, {time.time() - t0:.0f}s total")
-    return out
-
-
-def _loop(model, opt, batches, out, pp, provenance, *, iterations, lr0, every, t0, t_data, deadline, max_minutes,
-          n_classes, device, log) -> int:
-    import contextlib
-
-    import torch
-
-    from trainer.segmentation.unet import save_checkpoint
-
-    cuda = device == "cuda"
     losses: list[float] = []
     it = 0
     model.train()
     t_train = time.time()
-    for it in range(1, iterations + 1):
-        # progress = iterations done or wall-clock budget used, whichever is further: the poly schedule still
-        # anneals when a busy machine makes the time budget, not the iteration count, end the run
-        frac = min(1.0, max((it - 1) / iterations, (time.time() - t_train) / max(1.0, deadline - t_train)))
-        for g in opt.param_groups:
-            g["lr"] = lr0 * (1 - frac) ** 0.9
-        x, y = next(batches)
-        x = torch.from_numpy(x).to(device, non_blocking=cuda)
-        y = torch.from_numpy(y).to(device, non_blocking=cuda)
-        # bf16 on the GPU (no loss scaling needed, unlike fp16); the loss itself in fp32
-        with torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext():
-            logits = model(x)
-        loss = dice_ce_loss(logits.float(), y, n_classes)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(float(loss.detach()))
-        if it % 25 == 0:
-            log(f"it {it}/{iterations} loss {np.mean(losses[-25:]):.4f} lr {opt.param_groups[0]['lr']:.2e} "
-                f"{time.time() - t_train:.0f}s")
-        stop = time.time() > deadline
-        if it % every == 0 or stop or it == iterations:
-            metrics = {"iterations": it, "loss_last50": float(np.mean(losses[-50:])),
-                       "train_wall_s": round(time.time() - t0, 1), "data_wall_s": round(t_data, 1),
-                       "finished": it == iterations or stop}
-            save_checkpoint(out, model, pp, metrics, {"provenance": provenance})
-            model.train()
-        if stop:
-            log(f"wall-clock budget of {max_minutes} min reached at iteration {it}")
-            break
-    return it
+    try:
+        for it in range(1, iterations + 1):
+            # progress = iterations done or wall-clock budget used, whichever is further: the poly schedule still
+            # anneals when a busy machine makes the time budget, not the iteration count, end the run
+            frac = min(1.0, max((it - 1) / iterations, (time.time() - t_train) / max(1.0, deadline - t_train)))
+            for g in opt.param_groups:
+                g["lr"] = lr0 * (1 - frac) ** 0.9
+            x, y = next(batches)
+            x = torch.from_numpy(x).to(device, non_blocking=cuda)
+            y = torch.from_numpy(y).to(device, non_blocking=cuda)
+            # bf16 on the GPU (no loss scaling needed, unlike fp16); the loss itself in fp32
+            with torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext():
+                logits = model(x)
+            loss = dice_ce_loss(logits.float(), y, n_classes)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(float(loss.detach()))
+            if it % 25 == 0:
+                log(f"it {it}/{iterations} loss {np.mean(losses[-25:]):.4f} lr {opt.param_groups[0]['lr']:.2e} "
+                    f"{time.time() - t_train:.0f}s")
+            stop = time.time() > deadline
+            if it % every == 0 or stop or it == iterations:
+                metrics = {"iterations": it, "loss_last50": float(np.mean(losses[-50:])),
+                           "train_wall_s": round(time.time() - t0, 1), "data_wall_s": round(t_data, 1),
+                           "finished": it == iterations or stop}
+                save_checkpoint(out, model, pp, metrics, {"provenance": provenance})
+                model.train()
+            if stop:
+                log(f"wall-clock budget of {max_minutes} min reached at iteration {it}")
+                break
+    finally:
+        batches.close()  # stops the sampler workers
+    log(f"saved {out} after {it} iterations, {time.time() - t0:.0f}s total")
+    return out
 
 
 def main(argv: list[str]) -> int:
