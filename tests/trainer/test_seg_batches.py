@@ -82,6 +82,17 @@ def test_device_names():
             seg_train.resolve_device("cuda")
 
 
+def test_a_negative_worker_count_is_refused_before_any_data_is_built(tmp_path, monkeypatch):
+    def no_data(*a, **k):
+        raise AssertionError("the data should not be built for a refused run")
+
+    monkeypatch.setattr("trainer.segmentation.seg_data.training_cases", no_data)
+    recipe = seg_train.load_recipe("trainer/recipes/seg_demo.toml")
+    with pytest.raises(TotalFMError, match="--workers must be 0"):
+        seg_train.train(recipe, tmp_path / "seg.pt", train_patient="A", workers=-1, log=lambda m: None)
+    assert not (tmp_path / "seg.pt").exists()
+
+
 def test_training_with_sampler_workers_saves_a_checkpoint_that_names_them(tmp_path, monkeypatch):
     recipe = copy.deepcopy(seg_train.load_recipe("trainer/recipes/seg_demo.toml"))
     recipe["preprocessing"]["patch_size"] = PP["patch_size"]

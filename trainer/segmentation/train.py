@@ -117,6 +117,8 @@ def train(recipe: dict, out: Path, *, train_patient: str | None = None, iteratio
     torch.set_num_threads(int(t.get("threads", 2)))
     device = resolve_device(device or t.get("device", "cpu"))
     workers = int(workers if workers is not None else t.get("sampler_workers", 0))
+    if workers < 0:
+        raise TotalFMError(f"seg-train --workers must be 0 (draw patches in this process) or more, got {workers}")
     seed = int(d.get("seed", 0))
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
