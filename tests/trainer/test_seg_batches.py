@@ -1,5 +1,5 @@
-"""Segmenter training batches drawn by worker processes, and the training device (trainer/segmentation/batches.py,
-train.resolve_device)."""
+"""Segmenter training batches drawn by worker processes, and the training device and precision
+(trainer/segmentation/batches.py, train.resolve_device, train.resolve_precision)."""
 
 from __future__ import annotations
 
@@ -93,14 +93,46 @@ def test_a_negative_worker_count_is_refused_before_any_data_is_built(tmp_path, m
     assert not (tmp_path / "seg.pt").exists()
 
 
-def test_training_with_sampler_workers_saves_a_checkpoint_that_names_them(tmp_path, monkeypatch):
+def test_precision_names():
+    assert seg_train.resolve_precision("fp32", "cpu") == "fp32"
+    assert seg_train.resolve_precision("bf16", "cpu") == "bf16"
+    assert seg_train.resolve_precision("auto", "cuda") == "bf16"
+    assert seg_train.resolve_precision("auto", "cpu") == ("bf16" if seg_train.cpu_computes_bf16() else "fp32")
+    with pytest.raises(TotalFMError, match="auto, bf16 or fp32"):
+        seg_train.resolve_precision("fp16", "cpu")
+
+
+def _tiny_recipe():
     recipe = copy.deepcopy(seg_train.load_recipe("trainer/recipes/seg_demo.toml"))
     recipe["preprocessing"]["patch_size"] = PP["patch_size"]
     recipe["model"]["channels"] = [4, 8, 8, 8]
     recipe["data"].pop("cache_dir", None)
     recipe["train"].update(checkpoint_every=2, threads=1)
+    return recipe
+
+
+def test_bf16_training_keeps_fp32_weights_and_differs_from_fp32_training(tmp_path, monkeypatch):
+    """Autocast really runs the convolutions in bf16 (the same seed and batches give other weights than fp32), while
+    the weights the exporter reads stay fp32."""
     monkeypatch.setattr("trainer.segmentation.seg_data.training_cases", lambda *a, **k: tiny_cases())
-    out = seg_train.train(recipe, tmp_path / "seg.pt", train_patient="A", iterations=4, workers=2, device="cpu",
+    ck = {}
+    for precision in ("fp32", "bf16", "fp32"):
+        out = seg_train.train(_tiny_recipe(), tmp_path / f"{precision}.pt", train_patient="A", iterations=3,
+                              device="cpu", precision=precision, log=lambda m: None)
+        c = load_checkpoint(out)
+        assert c["provenance"]["precision"] == precision
+        assert all(v.dtype == torch.float32 for v in c["state_dict"].values() if v.is_floating_point())
+        if precision in ck:  # the second fp32 run: training is deterministic, so any difference is the precision
+            assert all(torch.equal(v, ck[precision][k]) for k, v in c["state_dict"].items())
+        ck[precision] = c["state_dict"]
+    diff = max(float((ck["bf16"][k].float() - v.float()).abs().max()) for k, v in ck["fp32"].items()
+               if v.is_floating_point())
+    assert 0 < diff < 0.05
+
+
+def test_training_with_sampler_workers_saves_a_checkpoint_that_names_them(tmp_path, monkeypatch):
+    monkeypatch.setattr("trainer.segmentation.seg_data.training_cases", lambda *a, **k: tiny_cases())
+    out = seg_train.train(_tiny_recipe(), tmp_path / "seg.pt", train_patient="A", iterations=4, workers=2, device="cpu",
                           log=lambda m: None)
     ck = load_checkpoint(out)
     assert ck["metrics"]["iterations"] == 4 and ck["metrics"]["finished"]

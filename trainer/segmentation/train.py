@@ -1,7 +1,8 @@
 """`totalfm train seg-train`: train the distilled 3-D U-Net on TotalSegmentator label maps (organ label space).
 
     totalfm train seg-train --recipe trainer/recipes/seg_demo.toml --out var/models/seg_demo.pt [--train-patient A|B]
-        [--iterations N] [--max-minutes M] [--init CKPT|BUNDLE] [--device auto|cpu|cuda] [--workers N] [--eval]
+        [--iterations N] [--max-minutes M] [--init CKPT|BUNDLE] [--device auto|cpu|cuda] [--precision auto|bf16|fp32]
+        [--workers N] [--eval]
 
 Writes the checkpoint every ``checkpoint_every`` iterations and at the end (atomic replace), so a partial run still
 leaves a usable model. The checkpoint's ``preprocessing`` is exactly what ``appliance.segment.segment_volume`` needs
@@ -101,9 +102,28 @@ def resolve_device(name: str) -> str:
     return name
 
 
+def resolve_precision(name: str, device: str) -> str:
+    """``auto`` -> ``bf16`` on a GPU, and on a CPU that computes in bf16 natively (AVX512-BF16 / AMX, via oneDNN),
+    else ``fp32`` (bench/bench_seg_precision.py times both; docs/results/segmentation.md, session 16)."""
+    name = (name or "auto").lower()
+    if name not in ("auto", "bf16", "fp32"):
+        raise TotalFMError(f"seg-train precision must be auto, bf16 or fp32, got {name!r}")
+    if name != "auto":
+        return name
+    return "bf16" if device == "cuda" or cpu_computes_bf16() else "fp32"
+
+
+def cpu_computes_bf16() -> bool:
+    import torch
+
+    # without native bf16 the CPU emulates it, slower than fp32
+    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
 def train(recipe: dict, out: Path, *, train_patient: str | None = None, iterations: int | None = None,
           max_minutes: float | None = None, data_dir=None, init: str | Path | None = None,
-          device: str | None = None, workers: int | None = None, log=print) -> Path:
+          device: str | None = None, workers: int | None = None, precision: str | None = None,
+          log=print) -> Path:
     import torch
 
     from trainer.segmentation.batches import BatchStream
@@ -116,6 +136,7 @@ def train(recipe: dict, out: Path, *, train_patient: str | None = None, iteratio
     max_minutes = float(max_minutes if max_minutes is not None else t.get("max_minutes", 1e9))
     torch.set_num_threads(int(t.get("threads", 2)))
     device = resolve_device(device or t.get("device", "cpu"))
+    precision = resolve_precision(precision or t.get("precision", "auto"), device)
     workers = int(workers if workers is not None else t.get("sampler_workers", 0))
     if workers < 0:
         raise TotalFMError(f"seg-train --workers must be 0 (draw patches in this process) or more, got {workers}")
@@ -158,15 +179,16 @@ def train(recipe: dict, out: Path, *, train_patient: str | None = None, iteratio
     cuda = device == "cuda"
     if cuda:
         torch.backends.cudnn.benchmark = True  # fixed patch shape: pick the fastest convolution once
-    log(f"training on {device}" + (f" ({torch.cuda.get_device_name(0)}, bf16 autocast)" if cuda else "")
-        + (f", {workers} sampler workers" if workers else ""))
+    log(f"training on {device}" + (f" ({torch.cuda.get_device_name(0)})" if cuda else "")
+        + (", bf16 autocast" if precision == "bf16" else ", fp32") + (f", {workers} sampler workers" if workers else ""))
     n_classes = model.config["n_classes"]
     opt = torch.optim.AdamW(model.parameters(), lr=float(t["lr"]), weight_decay=1e-4)
     lr0 = float(t["lr"])
     every = int(t.get("checkpoint_every", 150))
     deadline = t0 + max_minutes * 60
     provenance = {"train_patient": train_patient, "held_out_patient": "B" if train_patient == "A" else "A",
-                  "recipe": recipe, "git_commit": _git_commit(), "device": device, "sampler_workers": workers,
+                  "recipe": recipe, "git_commit": _git_commit(), "device": device, "precision": precision,
+                  "sampler_workers": workers,
                   "init_from": start.source if start else None, "cases": [c.name for c in cases]}
     losses: list[float] = []
     it = 0
@@ -182,8 +204,8 @@ def train(recipe: dict, out: Path, *, train_patient: str | None = None, iteratio
             x, y = next(batches)
             x = torch.from_numpy(x).to(device, non_blocking=cuda)
             y = torch.from_numpy(y).to(device, non_blocking=cuda)
-            # bf16 on the GPU (no loss scaling needed, unlike fp16); the loss itself in fp32
-            with torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext():
+            # bf16 needs no loss scaling (unlike fp16); the weights, the optimiser and the loss stay in fp32
+            with (torch.autocast(device, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()):
                 logits = model(x)
             loss = dice_ce_loss(logits.float(), y, n_classes)
             opt.zero_grad()
@@ -221,7 +243,10 @@ def main(argv: list[str]) -> int:
                     help="start from these weights: a seg checkpoint (.pt) or a model bundle's segmenter (its "
                          "folder); the bundle's graph must reproduce its own logits; the held-out patient stays out")
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
-                    help="where to train (default: the recipe's [train] device, else cpu); cuda trains in bf16")
+                    help="where to train (default: the recipe's [train] device, else cpu)")
+    ap.add_argument("--precision", choices=["auto", "bf16", "fp32"], default=None,
+                    help="autocast precision (default: the recipe's [train] precision, else auto = bf16 on a GPU "
+                         "or a CPU with native bf16, else fp32)")
     ap.add_argument("--workers", type=int, default=None,
                     help="processes drawing patches (default: the recipe's [train] sampler_workers, else 0 = in "
                          "the training process); a GPU needs several to be kept busy")
@@ -230,7 +255,7 @@ def main(argv: list[str]) -> int:
     recipe = load_recipe(a.recipe)
     out = train(recipe, Path(a.out), train_patient=a.train_patient, iterations=a.iterations,
                 max_minutes=a.max_minutes, data_dir=a.data_dir, init=a.init, device=a.device, workers=a.workers,
-                log=lambda m: print(m, flush=True))
+                precision=a.precision, log=lambda m: print(m, flush=True))
     if a.eval:
         from trainer.segmentation.evaluate import main as eval_main
 
