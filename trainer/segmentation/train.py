@@ -116,8 +116,12 @@ def resolve_precision(name: str, device: str) -> str:
 def cpu_computes_bf16() -> bool:
     import torch
 
-    # without native bf16 the CPU emulates it, slower than fp32
-    return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    # without native bf16 the CPU emulates it, slower than fp32; the probe is a private op, so a torch without it
+    # counts as "no" (fp32 is always correct, only slower)
+    try:
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
 
 
 def train(recipe: dict, out: Path, *, train_patient: str | None = None, iterations: int | None = None,
@@ -180,7 +184,8 @@ def train(recipe: dict, out: Path, *, train_patient: str | None = None, iteratio
     if cuda:
         torch.backends.cudnn.benchmark = True  # fixed patch shape: pick the fastest convolution once
     log(f"training on {device}" + (f" ({torch.cuda.get_device_name(0)})" if cuda else "")
-        + (", bf16 autocast" if precision == "bf16" else ", fp32") + (f", {workers} sampler workers" if workers else ""))
+        + (", bf16 autocast" if precision == "bf16" else ", fp32")
+        + (f", {workers} sampler workers" if workers else ""))
     n_classes = model.config["n_classes"]
     opt = torch.optim.AdamW(model.parameters(), lr=float(t["lr"]), weight_decay=1e-4)
     lr0 = float(t["lr"])
