@@ -11,13 +11,12 @@ row prints its ratio to it. The median of the steps after two warm-up steps is r
 from __future__ import annotations
 
 import argparse
-import contextlib
 import time
 
 import numpy as np
 import torch
 
-from trainer.segmentation.train import cpu_computes_bf16, dice_ce_loss
+from trainer.segmentation.train import autocast, cpu_computes_bf16, dice_ce_loss
 from trainer.segmentation.unet import UNet3D
 
 NETS = {"shipped 8-16-32-64": (8, 16, 32, 64), "wide 16-32-64-128": (16, 32, 64, 128)}
@@ -32,7 +31,7 @@ def step_ms(channels, precision: str, steps: int, device: str) -> float:
     times = []
     for _ in range(steps + 2):
         t = time.perf_counter()
-        with torch.autocast(device, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext():
+        with autocast(device, precision):
             logits = model(x)
         loss = dice_ce_loss(logits.float(), y, model.config["n_classes"])
         opt.zero_grad()

@@ -124,6 +124,14 @@ def cpu_computes_bf16() -> bool:
         return False
 
 
+def autocast(device: str, precision: str):
+    """The forward pass's context: bf16 autocast, or nothing for fp32. bf16 needs no loss scaling (unlike fp16); the
+    weights, the optimiser and the loss stay fp32."""
+    import torch
+
+    return torch.autocast(device, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()
+
+
 def train(recipe: dict, out: Path, *, train_patient: str | None = None, iterations: int | None = None,
           max_minutes: float | None = None, data_dir=None, init: str | Path | None = None,
           device: str | None = None, workers: int | None = None, precision: str | None = None,
@@ -209,8 +217,7 @@ def train(recipe: dict, out: Path, *, train_patient: str | None = None, iteratio
             x, y = next(batches)
             x = torch.from_numpy(x).to(device, non_blocking=cuda)
             y = torch.from_numpy(y).to(device, non_blocking=cuda)
-            # bf16 needs no loss scaling (unlike fp16); the weights, the optimiser and the loss stay in fp32
-            with (torch.autocast(device, dtype=torch.bfloat16) if precision == "bf16" else contextlib.nullcontext()):
+            with autocast(device, precision):
                 logits = model(x)
             loss = dice_ce_loss(logits.float(), y, n_classes)
             opt.zero_grad()
