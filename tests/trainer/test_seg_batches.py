@@ -82,14 +82,16 @@ def test_device_names():
             seg_train.resolve_device("cuda")
 
 
-def test_a_negative_worker_count_is_refused_before_any_data_is_built(tmp_path, monkeypatch):
+@pytest.mark.parametrize("bad, message", [({"workers": -1}, "--workers must be 0"),
+                                          ({"precision": "fp16"}, "precision must be auto, bf16 or fp32")])
+def test_a_bad_worker_count_or_precision_is_refused_before_any_data_is_built(tmp_path, monkeypatch, bad, message):
     def no_data(*a, **k):
         raise AssertionError("the data should not be built for a refused run")
 
     monkeypatch.setattr("trainer.segmentation.seg_data.training_cases", no_data)
     recipe = seg_train.load_recipe("trainer/recipes/seg_demo.toml")
-    with pytest.raises(TotalFMError, match="--workers must be 0"):
-        seg_train.train(recipe, tmp_path / "seg.pt", train_patient="A", workers=-1, log=lambda m: None)
+    with pytest.raises(TotalFMError, match=message):
+        seg_train.train(recipe, tmp_path / "seg.pt", train_patient="A", log=lambda m: None, **bad)
     assert not (tmp_path / "seg.pt").exists()
 
 
