@@ -81,6 +81,7 @@ class FindingSpec:
     negative_prompts: list[str] = field(default_factory=list)
     organs: list[str] = field(default_factory=list)  # every organ crop it is scored in (first == organ)
     score: str = "pair"  # appliance.scoring.SCORE_RULES; bundles before session 9 have no key: "pair"
+    prompt_threshold: float | None = None  # rule "organ" only: the threshold of the finding's own prompt pair
 
 
 @dataclass(frozen=True)
@@ -181,6 +182,7 @@ class Bundle:
                 negative_prompts=list(f.get("negative_prompts", [])),
                 organs=list(f.get("organs") or [f["organ"]]),
                 score=str(f.get("score", "pair")),
+                prompt_threshold=None if f.get("prompt_threshold") is None else float(f["prompt_threshold"]),
             )
             for f in self.manifest["findings"]
         ]
@@ -269,6 +271,10 @@ def validate_manifest(manifest: Any, where: str = MANIFEST) -> None:
         _need(f.get("score", "pair") in SCORE_RULES,
               f"{where}: findings[{i}] ({f.get('name')}) has score rule {f.get('score')!r}; this software scores "
               f"{', '.join(SCORE_RULES)} - install the software version the bundle was built for")
+        if f.get("score") == "organ":  # the organ's evidence needs the finding's own prompt threshold
+            _need(isinstance(f.get("prompt_threshold"), (int, float)),
+                  f"{where}: findings[{i}] ({f.get('name')}) has score rule 'organ' without a numeric "
+                  "prompt_threshold; calibrate the bundle again (`totalfm export calibrate`)")
     for rel, what in _referenced_files(manifest):
         _need(isinstance(rel, str) and not Path(rel).is_absolute() and ".." not in Path(rel).parts,
               f"{where}: {what} = {rel!r} must be a relative path inside the bundle")

@@ -215,8 +215,19 @@ def _contradictions(structured: dict, positive: set[tuple[str, str]]) -> list[st
 # ------------------------------------------------------------------------------------------------ drafts
 
 
+def _is_any_abnormality(name: str) -> bool:
+    f = ontology.FINDINGS_BY_NAME.get(name)
+    return bool(f and f.any_abnormality)
+
+
 def _positives(findings: list[FindingResult]) -> list[FindingResult]:
-    return sorted((f for f in findings if f.positive), key=lambda f: (f.organ, -f.score))
+    """The findings the draft describes. ``<organ>_abnormal`` is left out where a specific finding of the same organ
+    is positive: it is then called because of that finding (score rule "organ", appliance.scoring) and would only
+    repeat it as "any abnormality"."""
+    pos = [f for f in findings if f.positive]
+    specific = {f.organ for f in pos if not _is_any_abnormality(f.finding)}
+    return sorted((f for f in pos if not (_is_any_abnormality(f.finding) and f.organ in specific)),
+                  key=lambda f: (f.organ, -f.score))
 
 
 def _scored_block(findings: list[FindingResult]) -> list[str]:

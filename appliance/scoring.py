@@ -21,11 +21,13 @@ AI draft for radiologist review - not a diagnosis.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
 DISCLAIMER = "AI draft for radiologist review - not a diagnosis"
+NEVER_POSITIVE = 1.01  # a threshold above any probability: the model cannot call that finding (no reliable threshold)
 
 
 def _organs_of(f) -> list[str]:
@@ -57,13 +59,22 @@ def prompt_logit_diff(embeddings: np.ndarray, pos: np.ndarray, neg: np.ndarray, 
 #   effusion", so the negated prompts pull the score the wrong way (session 9: held-out findings 0.789 -> 0.865 macro
 #   AUROC on the enriched set with the positive prompts alone; the prompt-supervised ones need the pair, 0.837 vs
 #   0.625). Only its rank and its validation threshold carry meaning, like every score here.
-SCORE_RULES = ("pair", "positive")
+# - "organ" (``<organ>_abnormal`` findings, session 17): the ORGAN'S EVIDENCE, the strongest reason any of its findings
+#   gives to call it - see ``organ_margins``. Its own prompt pair is one of those reasons, at its own calibrated
+#   ``prompt_threshold``; the finding's ``threshold`` is 0.5, so it is called exactly when some finding of the organ
+#   is called, which is what the organ-wise F1 has measured since session 8. Why: the generic "abnormal lungs"
+#   prompt alone ranked the lungs' abnormal studies BELOW chance (AUROC 0.33 on the 320-study realistic test, the
+#   aorta 0.49, the liver 0.49) while atelectasis, steatosis, ... were ranked well: the draft showed a score that
+#   contradicted its own specific findings.
+SCORE_RULES = ("pair", "positive", "organ")
+ORGAN_EVIDENCE_THRESHOLD = 0.5  # the "organ" score is sigmoid(margin): called at margin 0
 
 
 def finding_logit(embeddings: np.ndarray, pos: np.ndarray, neg: np.ndarray, logit_scale: float,
                   rule: str = "pair") -> np.ndarray:
-    """The logit a finding's score is the sigmoid of, under ``rule`` (see ``SCORE_RULES``)."""
-    if rule == "pair":
+    """The logit a finding's PROMPT score is the sigmoid of, under ``rule`` (see ``SCORE_RULES``; an "organ" finding's
+    prompts are scored as a pair, and ``score_matrix`` turns them into the organ's evidence)."""
+    if rule in ("pair", "organ"):
         return prompt_logit_diff(embeddings, pos, neg, logit_scale)
     if rule == "positive":
         return _mean_logit(_unit(embeddings), pos, logit_scale)
@@ -75,10 +86,54 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return np.where(x >= 0, 1.0 / (1.0 + np.exp(-np.abs(x))), np.exp(-np.abs(x)) / (1.0 + np.exp(-np.abs(x))))
 
 
+def prompt_view(f):
+    """The finding as scored by its own prompts: an "organ" finding becomes a "pair" finding at its
+    ``prompt_threshold`` (``NEVER_POSITIVE`` when it has none: not yet calibrated, or its prompts cannot be trusted)."""
+    if getattr(f, "score", "pair") != "organ":
+        return f
+    pt = getattr(f, "prompt_threshold", None)
+    return replace(f, score="pair", threshold=NEVER_POSITIVE if pt is None else float(pt))
+
+
+def _logit(p) -> np.ndarray:
+    p = np.clip(np.asarray(p, np.float64), 1e-12, 1 - 1e-12)
+    return np.log(p) - np.log1p(-p)
+
+
+NEVER_CALLED = -1e6  # margin of an organ none of whose findings can fire (finite, so it still ranks)
+
+
+def organ_margins(organ_embeddings: Mapping[str, np.ndarray], findings: Sequence, prompt_embeddings: np.ndarray,
+                  logit_scale: float) -> dict[str, np.ndarray]:
+    """{organ: [N] margin}: for each organ with embeddings, the largest ``logit(score) - logit(threshold)`` over the
+    findings scored in that organ (each from THIS organ's crop only, "organ" findings by their own prompts at their
+    ``prompt_threshold``) that can be called at all (threshold below ``NEVER_POSITIVE``); ``NEVER_CALLED`` when none
+    can; NaN where the organ was not encoded. Margin >= 0 <=> at least one of the organ's findings is called: this is
+    the draft's organ-level decision, the organ-wise F1's ``called`` rule and the "organ" score rule's evidence."""
+    out = {}
+    for organ, emb in organ_embeddings.items():
+        mine = [prompt_view(f) for f in findings if organ in _organs_of(f)]
+        if not mine:
+            continue
+        s = score_matrix({organ: emb}, mine, prompt_embeddings, logit_scale)
+        encoded = np.isfinite(s).any(axis=1)
+        thr = np.array([float(f.threshold) for f in mine], np.float64)
+        can_fire = thr < NEVER_POSITIVE
+        margin = np.full(len(s), NEVER_CALLED)
+        if can_fire.any():
+            m = _logit(s[:, can_fire]) - _logit(thr[can_fire])
+            best = np.nanmax(np.where(np.isfinite(m), m, -np.inf), axis=1)
+            margin = np.where(np.isfinite(best), best, NEVER_CALLED)
+        out[organ] = np.where(encoded, margin, np.nan)
+    return out
+
+
 def score_matrix(organ_embeddings: Mapping[str, np.ndarray], findings: Sequence, prompt_embeddings: np.ndarray,
                  logit_scale: float) -> np.ndarray:
     """Batched scores: ``organ_embeddings[organ]`` is [N,E] for N studies (a row of NaN = organ not available in
-    that study). Returns [N, F] float64 probabilities, NaN where none of a finding's organs is available."""
+    that study). Returns [N, F] float64 probabilities, NaN where none of a finding's organs is available.
+    "organ" findings get ``sigmoid(organ_margins)`` of their organ, over the findings of THIS list (with their
+    thresholds), so the list must hold the organ's other findings too (the bundle's full list does)."""
     P = np.asarray(prompt_embeddings, dtype=np.float32)
     n = None
     for v in organ_embeddings.values():
@@ -87,9 +142,18 @@ def score_matrix(organ_embeddings: Mapping[str, np.ndarray], findings: Sequence,
     if n is None:
         return np.full((0, len(findings)), np.nan)
     out = np.full((n, len(findings)), np.nan)
+    margins = None
     for j, f in enumerate(findings):
-        pos, neg = P[list(f.pos_index)], P[list(f.neg_index)]
         rule = getattr(f, "score", "pair")
+        if rule == "organ":
+            if margins is None:
+                margins = organ_margins(organ_embeddings, findings, P, logit_scale)
+            m = margins.get(f.organ)
+            if m is not None:
+                have = np.isfinite(m)
+                out[have, j] = sigmoid(m[have])
+            continue
+        pos, neg = P[list(f.pos_index)], P[list(f.neg_index)]
         if len(pos) == 0 or (len(neg) == 0 and rule == "pair"):
             raise ValueError(f"finding {f.name}: needs at least one positive and one negative prompt")
         best = np.full(n, -np.inf)
@@ -121,8 +185,6 @@ def finding_scores(organ_embeddings: Mapping[str, np.ndarray], findings: Iterabl
     s = score_matrix(batched, findings, prompt_embeddings, logit_scale)[0]
     return {f.name: float(v) for f, v in zip(findings, s) if np.isfinite(v)}
 
-
-NEVER_POSITIVE = 1.01  # a threshold above any probability: the model cannot call that finding (no reliable threshold)
 
 
 def never_called(threshold: float | None) -> bool:

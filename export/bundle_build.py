@@ -189,33 +189,49 @@ def replace_segmentation(bundle_dir: str | Path, seg_mod, seg_pre: dict, *, chec
 
 
 def replace_thresholds(bundle_dir: str | Path, thresholds: dict[str, float], *, calibration: dict, metrics: dict,
+                       score_rules: dict[str, str] | None = None, prompt_thresholds: dict[str, float] | None = None,
                        bundle_id: str | None = None, log=lambda s: None) -> dict:
     """New per-finding thresholds (and the metrics measured with them) into an existing bundle; every model, prompt
     and TensorRT engine stays (no weight changes). The bundle gets a new id, because the same study now gets other
-    calls. ``calibration``: where the thresholds come from (recorded in provenance with the changed values)."""
+    calls. ``calibration``: where the thresholds come from (recorded in provenance with the changed values).
+    ``score_rules`` / ``prompt_thresholds``: the rule each given threshold was calibrated under, and the "organ"
+    findings' own prompt thresholds (both default to what the bundle has)."""
     root = Path(bundle_dir).resolve()
     old = load_bundle(root)
-    unknown = sorted(set(thresholds) - {f.name for f in old.findings})
+    rules, prompt_thr = dict(score_rules or {}), dict(prompt_thresholds or {})
+    unknown = sorted((set(thresholds) | set(rules) | set(prompt_thr)) - {f.name for f in old.findings})
     if unknown:
         raise ValueError(f"thresholds for findings the bundle does not have: {', '.join(unknown)}")
-    digest = hashlib.sha256(json.dumps(sorted(thresholds.items())).encode()).hexdigest()[:8]
+    for f in old.findings:
+        if rules.get(f.name, f.score) == "organ" and f.name not in prompt_thr and f.prompt_threshold is None:
+            raise ValueError(f"{f.name}: rule 'organ' needs its prompt threshold")
+    digest = hashlib.sha256(json.dumps([sorted(thresholds.items()), sorted(rules.items()),
+                                        sorted(prompt_thr.items())]).encode()).hexdigest()[:8]
     changed = {f.name: [f.threshold, float(thresholds[f.name])] for f in old.findings
                if f.name in thresholds and float(thresholds[f.name]) != f.threshold}
+    changed_rules = {f.name: [f.score, rules[f.name]] for f in old.findings if rules.get(f.name, f.score) != f.score}
 
     def change(work: Path) -> dict:
         def edit(m):
             for r in m["findings"]:
                 r["threshold"] = float(thresholds.get(r["name"], r["threshold"]))
+                r["score"] = rules.get(r["name"], r.get("score", "pair"))
+                if r["name"] in prompt_thr:
+                    r["prompt_threshold"] = float(prompt_thr[r["name"]])
+                if r["score"] != "organ":
+                    r.pop("prompt_threshold", None)
             prov = m.setdefault("provenance", {})
             prov.setdefault("metrics", {})["encoder"] = metrics
-            prov["calibration"] = {**calibration, "previous_bundle_id": old.bundle_id, "changed": changed}
+            prov["calibration"] = {**calibration, "previous_bundle_id": old.bundle_id, "changed": changed,
+                                   "changed_score_rules": changed_rules}
             m["bundle_id"] = bundle_id or f"{old.bundle_id}-cal-{digest}"
             m["created"] = _now()
 
         return update_manifest(work, edit)
 
     manifest = _rebuild_in_place(root, change, digest)
-    log(f"bundle {manifest['bundle_id']} at {root}: {len(changed)} of {len(old.findings)} thresholds changed")
+    log(f"bundle {manifest['bundle_id']} at {root}: {len(changed)} of {len(old.findings)} thresholds and "
+        f"{len(changed_rules)} score rules changed")
     return manifest
 
 
@@ -227,6 +243,7 @@ def build_bundle(
     text_encoder: tuple[Any, str | Path, int],
     thresholds: dict[str, float] | float = 0.5,
     score_rules: dict[str, str] | None = None,
+    prompt_thresholds: dict[str, float] | None = None,
     logit_scale: float,
     provenance: dict | None = None,
     bundle_id: str | None = None,
@@ -317,6 +334,11 @@ def build_bundle(
         for r in rows:
             r["threshold"] = float(thresholds.get(r["name"], 0.5) if isinstance(thresholds, dict) else thresholds)
             r["score"] = (score_rules or {}).get(r["name"], "pair")  # the rule the threshold was calibrated under
+            if r["score"] == "organ":  # its own prompts' threshold, one of the organ's reasons (appliance.scoring)
+                if r["name"] not in (prompt_thresholds or {}):
+                    raise ValueError(f"{r['name']} is scored by rule 'organ' but has no prompt threshold; evaluate "
+                                     "the checkpoint again (`totalfm train eval`)")
+                r["prompt_threshold"] = float(prompt_thresholds[r["name"]])
 
         prov = dict(provenance or {})
         prov.setdefault("trainer_git_commit", git_commit())

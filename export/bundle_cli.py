@@ -101,6 +101,7 @@ def export_from_checkpoints(seg_ckpt: str | Path | None, encoder_ckpt: str | Pat
     return build_bundle(out, segmentation=seg, organ_encoder=(enc, enc_meta), text_encoder=text,
                         thresholds=dict(meta.get("thresholds") or {}),
                         score_rules=dict(meta.get("score_rules") or {}), logit_scale=float(logit_scale),
+                        prompt_thresholds=dict(meta.get("prompt_thresholds") or {}),
                         provenance=prov, parity_inputs=parity, overwrite=overwrite, log=log, bundle_id=bundle_id)
 
 

@@ -26,13 +26,19 @@ import time
 from appliance.errors import TotalFMError
 
 
+SAME_THRESHOLD = 1e-6  # thresholds closer than this are the same threshold (no call changes but exact ties)
+
+
 def calibrate_bundle(bundle: str, pairs: str, *, threads: int = 2, bootstrap: int = 200, dry_run: bool = False,
-                     bundle_id: str | None = None, log=print) -> dict:
-    """-> {"thresholds", "changed", "macro", "manifest"}; see the module docstring. ``manifest`` is the new one, None
-    on a dry run or when no threshold changes."""
+                     bundle_id: str | None = None, keep_score_rules: bool = False, log=print) -> dict:
+    """-> {"thresholds", "changed", "changed_rules", "macro", "manifest"}; see the module docstring. ``manifest`` is
+    the new one, None on a dry run or when no threshold or rule changes. The ``<organ>_abnormal`` findings get this
+    software's rule for them ("organ", the organ's evidence; trainer.evaluate.zeroshot.default_rule) unless
+    ``keep_score_rules``; the other findings keep their stored rule (it depends on how the model was trained)."""
     from export.bundle_build import replace_thresholds
     from trainer.evaluate import cli as ev
-    from trainer.evaluate.zeroshot import MIN_VAL_AUROC, MIN_VAL_PRECISION, evaluate, finding_specs
+    from appliance import ontology
+    from trainer.evaluate.zeroshot import MIN_VAL_AUROC, MIN_VAL_PRECISION, default_rule, evaluate, finding_specs
 
     t0 = time.time()
     encode, embed_texts, scale, meta = ev.bundle_encoders(bundle, threads)
@@ -44,29 +50,48 @@ def calibrate_bundle(bundle: str, pairs: str, *, threads: int = 2, bootstrap: in
     if not len(val) or not len(test):
         raise TotalFMError(f"{pairs}: {len(val)} validation and {len(test)} test studies with truth; calibration "
                            "needs both (thresholds on val, their effect measured on test)")
-    specs, prompts = finding_specs(embed_texts, score_rules=ev.score_rules(meta, None))  # the bundle's stored rules
+    rules = ev.score_rules(meta, None)  # the bundle's stored rules
+    if not keep_score_rules:
+        rules |= {f.name: default_rule(f) for f in ontology.ANY_ABNORMALITY_FINDINGS if f.name in old}
+    specs, prompts = finding_specs(embed_texts, score_rules=rules)
     res = evaluate(val, test, specs, prompts, scale, n_boot=bootstrap,
                    prompt_supervised=ev.prompt_supervised_findings(meta))
-    thresholds = {k: float(v) for k, v in res["thresholds"].items() if k in old}
+    # the same graphs on the same data repick a threshold up to float noise (1e-8 between ONNX Runtime thread
+    # counts, session 17): that is no change, and the stored value stays, so the bundle is not rewritten for it
+    thresholds = {k: (old[k] if abs(float(v) - old[k]) <= SAME_THRESHOLD else float(v))
+                  for k, v in res["thresholds"].items() if k in old}
     changed = {k: [old[k], v] for k, v in thresholds.items() if v != old[k]}
+    stored_rules = meta.get("score_rules") or {}
+    changed_rules = {f.name: [stored_rules.get(f.name, "pair"), f.score] for f in specs
+                     if f.name in old and f.score != stored_rules.get(f.name, "pair")}
+    old_pt = meta.get("prompt_thresholds") or {}
+    prompt_thr = {k: (old_pt[k] if k in old_pt and abs(float(v) - old_pt[k]) <= SAME_THRESHOLD else float(v))
+                  for k, v in res["prompt_thresholds"].items() if k in old}
+    changed_prompt = {k: [old_pt.get(k), v] for k, v in prompt_thr.items() if v != old_pt.get(k)}
     macro = {k: v for k, v in res["macro"].items() if k != "findings_na"}
-    log(f"{len(changed)} of {len(old)} thresholds change; on {len(test)} test studies: finding AUROC "
-        f"{macro['finding_auroc']:.3f}, organ F1 {macro['organ_f1']:.3f}")
+    log(f"{len(changed)} of {len(old)} thresholds and {len(changed_rules)} score rules change; on {len(test)} test "
+        f"studies: finding AUROC {macro['finding_auroc']:.3f}, organ F1 {macro['organ_f1']:.3f}")
     for k, (a, b) in sorted(changed.items()):
         log(f"  {k:<28} {a:.3f} -> {b:.3f} ({res['findings'][k]['threshold_source']})")
-    out = {"thresholds": thresholds, "changed": changed, "macro": macro, "manifest": None}
-    if dry_run or not changed:  # no call of the draft would change: the bundle (and its id) stays as it is
+    for k, (a, b) in sorted(changed_rules.items()):
+        log(f"  {k:<28} rule {a} -> {b}")
+    out = {"thresholds": thresholds, "changed": changed, "changed_rules": changed_rules, "macro": macro,
+           "manifest": None}
+    if dry_run or not (changed or changed_rules or changed_prompt):  # no call would change: the bundle stays
         return out
     calibration = {
         "data": src, "n_val": len(val), "n_test": len(test), "seconds": round(time.time() - t0, 1),
         "rule": f"max F1 on validation among thresholds with precision >= {MIN_VAL_PRECISION}; never positive when "
-                f"validation AUROC < {MIN_VAL_AUROC} or no threshold reaches that precision",
+                f"validation AUROC < {MIN_VAL_AUROC} or no threshold reaches that precision; a finding scored by "
+                "rule 'organ' (its organ's evidence) is called at 0.5, when one of the organ's findings is called",
         "threshold_source": {k: res["findings"][k]["threshold_source"] for k in thresholds},
+        "prompt_threshold_source": {k: res["findings"][k]["prompt_threshold_source"] for k in prompt_thr},
     }
     metrics = {"macro": res["macro"], "organ_rule": res["organ_rule"], "organ_thresholds": res["organ_thresholds"],
                "data": src}
     out["manifest"] = replace_thresholds(bundle, thresholds, calibration=calibration, metrics=metrics,
-                                         bundle_id=bundle_id, log=log)
+                                         score_rules={f.name: f.score for f in specs if f.name in old},
+                                         prompt_thresholds=prompt_thr, bundle_id=bundle_id, log=log)
     return out
 
 
@@ -78,10 +103,13 @@ def main(argv: list[str]) -> int:
     p.add_argument("--bootstrap", type=int, default=200, help="resamples for the CIs stored with the metrics")
     p.add_argument("--bundle-id", help="the new bundle id (default: the old one + '-cal-' + a hash of the thresholds)")
     p.add_argument("--dry-run", action="store_true", help="print what would change; write nothing")
+    p.add_argument("--keep-score-rules", action="store_true",
+                   help="keep the bundle's stored rule for the <organ>_abnormal findings (default: this software's "
+                        "rule, the organ's evidence)")
     a = p.parse_args(argv)
     r = calibrate_bundle(a.bundle, a.pairs, threads=a.threads, bootstrap=a.bootstrap, dry_run=a.dry_run,
-                         bundle_id=a.bundle_id)
+                         bundle_id=a.bundle_id, keep_score_rules=a.keep_score_rules)
     print(json.dumps({"bundle": a.bundle, "bundle_id": (r["manifest"] or {}).get("bundle_id"),
-                      "dry_run": a.dry_run, "changed": len(r["changed"]),
+                      "dry_run": a.dry_run, "changed": len(r["changed"]), "changed_rules": len(r["changed_rules"]),
                       "finding_auroc": r["macro"]["finding_auroc"], "organ_f1": r["macro"]["organ_f1"]}, indent=2))
     return 0

@@ -162,3 +162,9 @@ def test_score_rules_load_with_a_default_and_unknown_ones_are_refused(bundle_cop
     _edit_manifest(bundle_copy, lambda m: m["findings"][0].update(score="cosine"))
     with pytest.raises(BundleError, match="score rule 'cosine'.*install the software version"):
         load_bundle(bundle_copy)
+    # the organ's evidence needs the finding's own prompt threshold
+    _edit_manifest(bundle_copy, lambda m: m["findings"][0].update(score="organ", prompt_threshold=0.4))
+    assert load_bundle(bundle_copy).findings[0].prompt_threshold == 0.4
+    _edit_manifest(bundle_copy, lambda m: m["findings"][0].pop("prompt_threshold"))
+    with pytest.raises(BundleError, match="score rule 'organ' without a numeric prompt_threshold"):
+        load_bundle(bundle_copy)

@@ -185,3 +185,13 @@ def test_findings_the_model_never_calls_are_named_as_not_screened():
                        "impression": "Hepatic steatosis."})
     d = draft_report(findings, organs, llm=llm)
     assert "Not screened by this AI model" in d.draft_text  # the LLM's draft carries it too
+
+
+def test_organ_abnormal_is_not_repeated_next_to_the_finding_that_made_it():
+    """``liver_abnormal`` (the organ's evidence) is positive whenever steatosis is; the draft names steatosis once
+    and shows "any abnormality" only for an organ with no specific finding called."""
+    findings = FINDINGS + [FindingResult("liver", "liver_abnormal", 0.93, 0.5, True),
+                           FindingResult("aorta", "aorta_abnormal", 0.71, 0.5, True)]
+    d = template_draft(findings, ORGANS + [OrganResult("aorta", "ok", 80.0, 40.0, 10.0)])
+    got = {(i["organ"], i["finding"]) for i in d.structured["findings"] if i["finding"] != "none"}
+    assert got == {("liver", "hepatic_steatosis"), ("aorta", "aorta_abnormal")}

@@ -88,3 +88,40 @@ def test_positive_rule_ignores_the_negative_prompts():
     assert finding_scores({"liver": e}, [replace(F1, neg_index=[0])], PROMPTS, s)["lesion"] != pytest.approx(want)
     with pytest.raises(ValueError, match="unknown finding score rule"):
         score_matrix({"liver": e[None]}, [replace(F1, score="cosine")], PROMPTS, s)
+
+
+def _sig_inv(p):
+    return math.log(p) - math.log1p(-p)
+
+
+def test_organ_rule_is_the_strongest_margin_of_the_organs_findings_hand_computed():
+    """``<organ>_abnormal`` under rule "organ": sigmoid of the largest logit(score) - logit(threshold) over the
+    findings scored in that organ's crop (its own prompts at ``prompt_threshold``), so it is called (>= 0.5) exactly
+    when one of them is; a finding that can never be called (NEVER_POSITIVE) gives no reason."""
+    from appliance.scoring import NEVER_POSITIVE, organ_margins
+    abn = FindingSpec("liver_abnormal", "liver", 0.5, [0], [2], score="organ", prompt_threshold=0.9)
+    specs = [F1, F2, abn]
+    e = _unit([0.6, 0.8, 0.0])
+    s = 10.0
+    single = finding_scores({"liver": e}, [F1, F2, FindingSpec("p", "liver", 0.9, [0], [2])], PROMPTS, s)
+    want = max(_sig_inv(single["lesion"]) - _sig_inv(0.5), _sig_inv(single["ascites"]) - _sig_inv(0.7),
+               _sig_inv(single["p"]) - _sig_inv(0.9))
+    got = finding_scores({"liver": e}, specs, PROMPTS, s)
+    assert _sig_inv(got["liver_abnormal"]) == pytest.approx(want, rel=1e-6)
+    assert organ_margins({"liver": e[None]}, specs, PROMPTS, s)["liver"][0] == pytest.approx(want, rel=1e-6)
+    assert got["lesion"] == single["lesion"]  # the other findings keep their own scores
+    # the decision is "any finding of the organ is called"
+    for emb in (_unit([1, 0, 0]), _unit([-1, 0, 0.2]), e):
+        sc = finding_scores({"liver": emb}, specs, PROMPTS, s)
+        p = finding_scores({"liver": emb}, [FindingSpec("p", "liver", 0.9, [0], [2])], PROMPTS, s)["p"]
+        any_called = decide(sc["lesion"], 0.5) or decide(sc["ascites"], 0.7) or decide(p, 0.9)
+        assert decide(sc["liver_abnormal"], abn.threshold) == any_called
+    # a finding that can never be called gives no reason; with none left the organ is never called
+    muted = [FindingSpec("lesion", "liver", NEVER_POSITIVE, [0, 1], [2, 3]),
+             FindingSpec("liver_abnormal", "liver", 0.5, [0], [2], score="organ", prompt_threshold=NEVER_POSITIVE)]
+    assert finding_scores({"liver": _unit([1, 0, 0])}, muted, PROMPTS, s)["liver_abnormal"] < 1e-6
+    # the organ's crop alone counts: ascites called from the spleen does not make the liver abnormal
+    spleen_only = finding_scores({"liver": _unit([-1, 0, 0]), "spleen": _unit([1, 0, 0])}, specs, PROMPTS, s)
+    assert spleen_only["ascites"] > 0.99 and spleen_only["liver_abnormal"] < 0.5
+    # no liver crop: not assessable
+    assert "liver_abnormal" not in finding_scores({"spleen": _unit([1, 0, 0])}, specs, PROMPTS, s)

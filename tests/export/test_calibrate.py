@@ -64,7 +64,13 @@ def test_calibrate_repicks_thresholds_keeps_the_models_and_gives_a_new_id(data, 
     assert cal["changed"] == {k: [a, b] for k, (a, b) in r["changed"].items()}
     for name, src in cal["threshold_source"].items():  # never-called findings carry the threshold no score reaches
         assert (r["thresholds"][name] == NEVER_POSITIVE) == (src in ("uninformative_on_val", "imprecise_on_val",
-                                                                     "no_val_positive")), name
+                                                                     "no_val_positive", "no_callable_finding")), name
+    # the <organ>_abnormal findings move to this software's rule (the organ's evidence), with their prompt threshold
+    organ_rule = {f.name: f for f in after.findings if f.score == "organ"}
+    assert set(organ_rule) == {f.name for f in before.findings if f.name.endswith("_abnormal")}
+    assert cal["changed_score_rules"] == {n: [b.score, "organ"] for n in organ_rule
+                                          for b in before.findings if b.name == n and b.score != "organ"}
+    assert all(f.prompt_threshold is not None and f.threshold in (0.5, NEVER_POSITIVE) for f in organ_rule.values())
     assert after.provenance["metrics"]["encoder"]["data"] == f"pairs:{data['both']}"
     assert not list(tmp_path.glob(".bundle-*")) and not list(tmp_path.glob(".bundle.old-*"))  # no leftovers
     from export.verify import main as verify
@@ -74,7 +80,11 @@ def test_calibrate_repicks_thresholds_keeps_the_models_and_gives_a_new_id(data, 
     assert shown == {"data": f"pairs:{data['both']}", "n_val": 3, "n_test": 3, "previous_bundle_id": before.bundle_id}
 
     again = calibrate_bundle(str(bundle), str(data["both"]), threads=1, bootstrap=0, log=lambda s: None)
-    assert again["changed"] == {} and again["manifest"] is None and load_bundle(bundle).bundle_id == after.bundle_id
+    assert again["changed"] == {} and again["changed_rules"] == {} and again["manifest"] is None
+    assert load_bundle(bundle).bundle_id == after.bundle_id
+    kept = calibrate_bundle(str(bundle), str(data["both"]), threads=1, bootstrap=0, dry_run=True,
+                            keep_score_rules=True, log=lambda s: None)
+    assert kept["changed_rules"] == {}  # the stored rules are kept on request
 
 
 def test_calibrate_refuses_a_dataset_without_test_studies_and_leaves_the_bundle(data, tmp_path):

@@ -118,30 +118,55 @@ def test_prompt_supervised_findings_are_flagged_and_kept_out_of_the_zero_shot_ma
 
 def test_called_organ_rule_is_the_appliance_decision():
     """Primary organ rule: an organ is abnormal exactly when one of its findings, scored from that organ's crop, is
-    called positive at the finding's own shipped threshold (``appliance.scoring.decide``); a finding whose threshold
-    is NEVER_POSITIVE never makes its organ abnormal."""
-    from appliance.scoring import decide, score_matrix
-    from trainer.evaluate.zeroshot import NEVER_POSITIVE, organ_scores
+    called positive at the finding's own shipped threshold (``appliance.scoring.decide``; ``<organ>_abnormal`` by
+    its own prompts at its prompt threshold); a finding whose threshold is NEVER_POSITIVE never makes its organ
+    abnormal. The ``<organ>_abnormal`` finding (score rule "organ") makes exactly that call."""
+    from dataclasses import replace
+
+    from appliance.scoring import decide, prompt_view, score_matrix
+    from trainer.evaluate.zeroshot import NEVER_POSITIVE, calibrate_specs, organ_scores
     specs, prompts = finding_specs(_text_space)
+    assert {f.name for f in specs if f.score == "organ"} == {f"{o}_abnormal" for o in ontology.ORGAN_NAMES}
     val, test = _split(40, 1, specs, prompts), _split(40, 2, specs, prompts)
     res = evaluate(val, test, specs, prompts, logit_scale=20.0, n_boot=10)
     assert res["organ_rule"] == "called" and set(res["organs"]["liver"]["rules"]) == {"called", "any",
                                                                                       "abnormal_prompt"}
-    thresholds = dict(res["thresholds"])
+    cal, _ = calibrate_specs(val, specs, prompts, 20.0)
+    assert {f.name: f.threshold for f in cal} == res["thresholds"]
     for organ in ("liver", "spleen"):
-        mine = [f for f in specs if organ in f.organs]
+        mine = [prompt_view(f) for f in cal if organ in f.organs]
         s = score_matrix({organ: test.embeddings[organ]}, mine, prompts, 20.0)
-        expected = np.array([any(decide(s[i, j], thresholds[f.name]) for j, f in enumerate(mine))
+        expected = np.array([any(decide(s[i, j], f.threshold) for j, f in enumerate(mine))
                              for i in range(len(test))])
         truth = np.array([lab[organ]["abnormal"] for lab in test.labels])
         conf = res["organs"][organ]["rules"]["called"]["confusion"]
         assert conf["tp"] == int((expected & truth).sum()) and conf["fp"] == int((expected & ~truth).sum())
         assert res["organs"][organ]["threshold_source"] == "finding_thresholds"
-    # the liver called abnormal only through steatosis: silence it and the organ can no longer be called
-    liver = [f.name for f in specs if "liver" in f.organs]
-    muted = {n: (NEVER_POSITIVE if n in liver else t) for n, t in thresholds.items()}
-    called = organ_scores(test, specs, prompts, 20.0, muted)["liver"]["called"]
+        assert res["findings"][f"{organ}_abnormal"]["confusion"] == conf  # the finding IS the organ's call
+        assert res["findings"][f"{organ}_abnormal"]["threshold"] == 0.5
+    # the liver called abnormal only through its findings: silence them and the organ can no longer be called
+    muted = [replace(f, threshold=NEVER_POSITIVE, prompt_threshold=NEVER_POSITIVE) if "liver" in f.organs else f
+             for f in cal]
+    called = organ_scores(test, muted, prompts, 20.0)["liver"]["called"]
     assert not (called >= 0).any()
+
+
+def test_organ_abnormal_is_never_called_when_none_of_its_organ_findings_can_be():
+    """An organ whose findings (its generic prompt included) are all uninformative on validation: the
+    ``<organ>_abnormal`` finding gets NEVER_POSITIVE ("not screened" in the draft), not a 0.5 that can never be met."""
+    from trainer.evaluate.zeroshot import NEVER_POSITIVE, calibrate_specs
+    specs, prompts = finding_specs(_text_space)
+    val = _split(40, 1, specs, prompts)
+    kidney = [f.name for f in specs if "kidneys" in f.organs and f.score != "organ"]
+    val.embeddings["kidneys"][:] = val.embeddings["kidneys"][0]  # one crop for all: no score ranks anything
+    for i, lab in enumerate(val.labels):  # every kidney finding has validation positives
+        lab["kidneys"] = {"abnormal": i % 2 == 0, "findings": [kidney[i // 2 % len(kidney)]] if i % 2 == 0 else []}
+    cal, src = calibrate_specs(val, specs, prompts, 20.0)
+    by = {f.name: f for f in cal}
+    assert all(by[n].threshold == NEVER_POSITIVE for n in kidney)
+    assert by["kidneys_abnormal"].prompt_threshold == NEVER_POSITIVE
+    assert by["kidneys_abnormal"].threshold == NEVER_POSITIVE and src["kidneys_abnormal"][1] == "no_callable_finding"
+    assert by["liver_abnormal"].threshold == 0.5 and src["liver_abnormal"][1] == "organ_evidence"
 
 
 def test_by_source_reports_a_domain_the_pooled_figure_hides(tmp_path):

@@ -101,7 +101,8 @@ def bundle_encoders(bundle_path: str | Path, threads: int = 2):
                              "measurements": int(spec.preprocessing.get("n_measurements", 0))},
             "bundle_id": b.bundle_id, "anchor": b.provenance.get("anchor"),
             "score_rules": {f.name: f.score for f in b.findings},
-            "thresholds": {f.name: f.threshold for f in b.findings}}
+            "thresholds": {f.name: f.threshold for f in b.findings},
+            "prompt_thresholds": {f.name: f.prompt_threshold for f in b.findings if f.prompt_threshold is not None}}
     return encode_crops, embed_texts, float(b.logit_scale), meta
 
 
@@ -185,7 +186,8 @@ def main(argv: list[str] | None = None) -> int:
     if not args.no_write_thresholds:
         from trainer.model import checkpoint as ckptmod
 
-        ckptmod.set_thresholds(args.checkpoint, res["thresholds"], score_rules=rules,
+        ckptmod.set_thresholds(args.checkpoint, res["thresholds"], prompt_thresholds=res["prompt_thresholds"],
+                               score_rules={f.name: f.score for f in specs},  # every rule, defaults included
                                metrics={"macro": res["macro"], "organ_rule": res["organ_rule"],
                                         "organ_thresholds": res["organ_thresholds"],
                                         "data": src})

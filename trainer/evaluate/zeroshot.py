@@ -7,6 +7,9 @@ same thing in production. Decisions (documented, also printed in every report):
   lists it in any organ; ``<organ>_abnormal`` is present when that organ is abnormal. A study enters a finding's
   AUROC only if at least one of the finding's organs was encoded (otherwise the finding is "not assessable").
 - **Finding score**: ``appliance.scoring.score_matrix`` (prompt-ensemble logits, 2-way softmax, max over organs).
+  ``<organ>_abnormal`` (score rule "organ" since session 17, ``default_rule``): the organ's ``called`` evidence
+  below as a probability, called at 0.5; its own prompts count as one of the organ's findings, at a threshold of
+  their own (``prompt_threshold``, picked first: ``calibrate_specs``).
 - **Organ-wise lesion classification** (organ abnormal or not): the organ's score is the MAXIMUM over every finding
   scored in that organ (its ``<organ>_abnormal`` finding and each catalogue finding listing the organ), each computed
   from THIS organ's crop only. Why: the generic "abnormal liver" prompt alone is weak for findings the text tower has
@@ -46,14 +49,15 @@ AI draft for radiologist review - not a diagnosis.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable, Sequence
 
 import numpy as np
 
 from appliance import ontology
 from appliance.bundle import FindingSpec
-from appliance.scoring import DISCLAIMER, NEVER_POSITIVE, score_matrix  # noqa: F401 (NEVER_POSITIVE: re-exported)
+from appliance.scoring import (DISCLAIMER, NEVER_CALLED, NEVER_POSITIVE, ORGAN_EVIDENCE_THRESHOLD,  # noqa: F401
+                               organ_margins, prompt_view, score_matrix)  # (NEVER_*: re-exported)
 from trainer.evaluate import metrics as M
 
 
@@ -70,12 +74,18 @@ class SplitData:
         return len(self.studies)
 
 
+def default_rule(finding) -> str:
+    """The score rule of a finding the caller gives none for: "organ" for ``<organ>_abnormal`` (its organ's evidence,
+    session 17), "pair" for the rest."""
+    return "organ" if getattr(finding, "any_abnormality", False) else "pair"
+
+
 def finding_specs(embed_texts: Callable[[list[str]], np.ndarray], findings: Sequence = None,
                   thresholds: dict | None = None, score_rules: dict | None = None
                   ) -> tuple[list[FindingSpec], np.ndarray]:
     """Ontology findings -> (FindingSpec list with pos/neg indices into the prompt table, prompt embeddings [P,E]).
     ``embed_texts``: list[str] -> [P,E] L2-normalised (torch text tower in the trainer, ONNX in the appliance).
-    ``score_rules``: finding -> ``appliance.scoring.SCORE_RULES`` entry (default "pair")."""
+    ``score_rules``: finding -> ``appliance.scoring.SCORE_RULES`` entry (default: ``default_rule``)."""
     findings = list(findings if findings is not None else ontology.FINDINGS)
     prompts: list[str] = []
     index: dict[str, int] = {}
@@ -93,7 +103,7 @@ def finding_specs(embed_texts: Callable[[list[str]], np.ndarray], findings: Sequ
         specs.append(FindingSpec(name=f.name, organ=f.organs[0], threshold=float((thresholds or {}).get(f.name, 0.5)),
                                  pos_index=pos, neg_index=neg, positive_prompts=list(f.positive_prompts),
                                  negative_prompts=list(f.negative_prompts), organs=list(f.organs),
-                                 score=(score_rules or {}).get(f.name, "pair")))
+                                 score=(score_rules or {}).get(f.name, default_rule(f))))
     emb = np.asarray(embed_texts(prompts), dtype=np.float32)
     emb = emb / np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-12)
     return specs, emb
@@ -115,22 +125,17 @@ def finding_truth(split: SplitData, specs: Sequence[FindingSpec]) -> np.ndarray:
 
 
 ORGAN_RULES = ("called", "any", "abnormal_prompt")
-NEVER_CALLED = -1e6  # "called" score of an organ none of whose findings can fire (finite, so it still ranks)
 
 
-def _logit(p) -> np.ndarray:
-    p = np.clip(np.asarray(p, np.float64), 1e-12, 1 - 1e-12)
-    return np.log(p) - np.log1p(-p)
-
-
-def organ_scores(split: SplitData, specs: Sequence[FindingSpec], prompts: np.ndarray, logit_scale: float,
-                 thresholds: dict[str, float] | None = None) -> dict[str, dict[str, np.ndarray]]:
+def organ_scores(split: SplitData, specs: Sequence[FindingSpec], prompts: np.ndarray, logit_scale: float
+                 ) -> dict[str, dict[str, np.ndarray]]:
     """{organ: {rule: [N]}} scores from that organ's crop only (NaN = not encoded), for each of ``ORGAN_RULES``
-    (see the module docstring). ``thresholds`` (finding -> threshold) is needed for ``called``; without it every
-    finding counts with 0.5."""
+    (see the module docstring). ``specs`` carry their calibrated thresholds (``called`` needs them; it is
+    ``appliance.scoring.organ_margins``, the same evidence the "organ" score rule shows in the draft)."""
+    called = organ_margins(split.embeddings, specs, prompts, logit_scale)
     out = {}
     for organ, emb in split.embeddings.items():
-        mine = [f for f in specs if organ in (f.organs or [f.organ])]
+        mine = [prompt_view(f) for f in specs if organ in (f.organs or [f.organ])]
         if not mine:
             continue
         s = score_matrix({organ: emb}, mine, prompts, logit_scale)
@@ -138,15 +143,7 @@ def organ_scores(split: SplitData, specs: Sequence[FindingSpec], prompts: np.nda
         encoded = np.isfinite(s).any(axis=1)
         any_s = np.where(encoded, np.nanmax(np.where(np.isfinite(s), s, -np.inf), axis=1), np.nan)
         ab = s[:, names.index(f"{organ}_abnormal")] if f"{organ}_abnormal" in names else any_s
-        thr = np.array([(thresholds or {}).get(n, 0.5) for n in names], np.float64)
-        can_fire = thr < NEVER_POSITIVE
-        if can_fire.any():
-            margin = _logit(s[:, can_fire]) - _logit(thr[can_fire])
-            called = np.nanmax(np.where(np.isfinite(margin), margin, -np.inf), axis=1)
-            called = np.where(np.isfinite(called), called, NEVER_CALLED)
-        else:
-            called = np.full(len(s), NEVER_CALLED)
-        out[organ] = {"called": np.where(encoded, called, np.nan), "any": any_s, "abnormal_prompt": ab}
+        out[organ] = {"called": called[organ], "any": any_s, "abnormal_prompt": ab}
     return out
 
 
@@ -175,6 +172,40 @@ def calibrate(y_val, s_val, rule: str = "pair") -> tuple[float, float, str]:
     return thr, vf1, "val_max_f1"
 
 
+def calibrate_specs(val: SplitData, findings: Sequence[FindingSpec], prompt_embeddings: np.ndarray,
+                    logit_scale: float, y_val: np.ndarray | None = None
+                    ) -> tuple[list[FindingSpec], dict[str, tuple[float, str]]]:
+    """Every finding's thresholds picked on ``val`` -> (the specs with them, {name: (validation F1, source)}).
+
+    Two passes, because an "organ" finding's score is built from the others' calibrated margins: first each
+    finding's own prompt score is calibrated (``calibrate``; an "organ" finding's result becomes its
+    ``prompt_threshold``, recorded under ``name + "#prompt"``), then the "organ" findings get threshold
+    ``ORGAN_EVIDENCE_THRESHOLD`` - or ``NEVER_POSITIVE`` (source "no_callable_finding") when none of their organ's
+    findings can be called, so the draft says "not screened" rather than implying "normal"."""
+    findings = list(findings)
+    y_val = finding_truth(val, findings) if y_val is None else y_val
+    views = [prompt_view(f) for f in findings]
+    s_val = score_matrix(val.embeddings, views, prompt_embeddings, logit_scale) if len(val) else \
+        np.full((0, len(findings)), np.nan)
+    specs, cal = [], {}
+    for j, (f, v) in enumerate(zip(findings, views)):
+        thr, vf1, src = calibrate(y_val[:, j], s_val[:, j], v.score)
+        if f.score == "organ":
+            specs.append(replace(f, prompt_threshold=float(thr)))
+            cal[f.name + "#prompt"] = (vf1, src)
+        else:
+            specs.append(replace(f, threshold=float(thr)))
+            cal[f.name] = (vf1, src)
+    callable_in = {o for f in specs for o in (f.organs or [f.organ])
+                   if (f.prompt_threshold if f.score == "organ" else f.threshold) < NEVER_POSITIVE}
+    for j, f in enumerate(specs):
+        if f.score == "organ":
+            ok = f.organ in callable_in
+            specs[j] = replace(f, threshold=ORGAN_EVIDENCE_THRESHOLD if ok else NEVER_POSITIVE)
+            cal[f.name] = (float("nan"), "organ_evidence" if ok else "no_callable_finding")
+    return specs, cal
+
+
 def _fmt_ci(ci: dict) -> list:
     return [ci["lo"], ci["hi"]]
 
@@ -187,18 +218,22 @@ def evaluate(val: SplitData, test: SplitData, findings: Sequence[FindingSpec], p
     ``prompt_supervised``: findings whose prompts the model was trained against (the contrastive ``PromptAnchor``);
     they are flagged per finding and kept out of the zero-shot macro."""
     supervised = set(prompt_supervised)
-    specs = list(findings)
+    y_val, y_test = finding_truth(val, findings), finding_truth(test, findings)
+    specs, cal = calibrate_specs(val, findings, prompt_embeddings, logit_scale, y_val)
     s_val = score_matrix(val.embeddings, specs, prompt_embeddings, logit_scale) if len(val) else \
         np.full((0, len(specs)), np.nan)
     s_test = score_matrix(test.embeddings, specs, prompt_embeddings, logit_scale)
-    y_val, y_test = finding_truth(val, specs), finding_truth(test, specs)
+    s_test_prompt = score_matrix(test.embeddings, [prompt_view(f) for f in specs], prompt_embeddings, logit_scale)
 
     res: dict = {"disclaimer": DISCLAIMER, "n_studies": {"val": len(val), "test": len(test)},
                  "logit_scale": float(logit_scale), "organ_rule": organ_rule, "findings": {}, "organs": {},
-                 "thresholds": {}, "organ_thresholds": {}, "_roc": {}}
+                 "thresholds": {}, "prompt_thresholds": {}, "organ_thresholds": {}, "_roc": {}}
     catalogue = {f.name for f in ontology.CATEGORY_FINDINGS}
     for j, f in enumerate(specs):
-        thr, vf1, src = calibrate(y_val[:, j], s_val[:, j], getattr(f, "score", "pair"))
+        thr, (vf1, src) = f.threshold, cal[f.name]
+        if f.score == "organ":  # the organ's evidence is called at 0.5; its F1 on val is measured, not fitted
+            yv, sv = y_val[:, j], s_val[:, j]
+            vf1 = M.f1_score(yv, sv, thr) if yv[np.isfinite(sv)].any() else float("nan")
         yt, st = y_test[:, j], s_test[:, j]
         ok = np.isfinite(st)
         yt, st = yt[ok], st[ok]
@@ -209,16 +244,22 @@ def evaluate(val: SplitData, test: SplitData, findings: Sequence[FindingSpec], p
         conf = M.confusion(yt, st, thr)
         res["findings"][f.name] = {
             "organ": f.organ, "organs": list(f.organs or [f.organ]), "catalogue": f.name in catalogue,
-            "prompt_supervised": f.name in supervised,
+            "prompt_supervised": f.name in supervised, "score": f.score,
             "auroc": auc, "auroc_ci": _fmt_ci(ci), "n_pos": n_pos, "n": n, "n_val_pos": int(y_val[:, j].sum()),
             "threshold": thr, "threshold_source": src, "val_f1": vf1, "f1": M.f1_from(conf), "confusion": conf}
+        if f.score == "organ":  # what its own prompt pair alone would have scored, for the record
+            okp = np.isfinite(s_test_prompt[:, j])
+            res["findings"][f.name] |= {"prompt_threshold": f.prompt_threshold,
+                                        "prompt_threshold_source": cal[f.name + "#prompt"][1],
+                                        "prompt_auroc": M.auroc(y_test[okp, j], s_test_prompt[okp, j])}
+            res["prompt_thresholds"][f.name] = f.prompt_threshold
         res["thresholds"][f.name] = thr
         if np.isfinite(auc):
             fpr, tpr, _ = M.roc_curve(yt, st)
             res["_roc"][f.name] = (fpr, tpr, auc)
 
-    ov = organ_scores(val, specs, prompt_embeddings, logit_scale, res["thresholds"]) if len(val) else {}
-    ot = organ_scores(test, specs, prompt_embeddings, logit_scale, res["thresholds"])
+    ov = organ_scores(val, specs, prompt_embeddings, logit_scale) if len(val) else {}
+    ot = organ_scores(test, specs, prompt_embeddings, logit_scale)
     for k, organ in enumerate(ontology.ORGAN_NAMES):
         if organ not in ot:
             continue

@@ -53,7 +53,7 @@ def base_meta(cfg: ViTConfig, *, stage: str, recipe: dict | None = None, data: d
         "organs": [o.name for o in ontology.ORGANS],
         "preprocessing": {"input_shape": list(cfg.input_shape), "encoder_input": "appliance.preprocess.encoder_input",
                           "crop_value_range": [0.0, 1.0], "recipes": recipes, **measurements},
-        "thresholds": {}, "metrics": {}, "logit_scale": None, "text": None,
+        "thresholds": {}, "prompt_thresholds": {}, "metrics": {}, "logit_scale": None, "text": None,
         "provenance": {"recipe": recipe, "data": data, "git_commit": git_commit(),
                        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
     }
@@ -114,12 +114,15 @@ def load_text_tower(path: str | Path):
 
 
 def set_thresholds(path: str | Path, thresholds: dict[str, float], metrics: dict | None = None,
-                   score_rules: dict[str, str] | None = None) -> Path:
+                   score_rules: dict[str, str] | None = None, prompt_thresholds: dict[str, float] | None = None
+                   ) -> Path:
     """Written by eval: per-finding thresholds (picked on the validation split) into the checkpoint, with the score
-    rule each was calibrated under (``appliance.scoring.SCORE_RULES``; the exporter copies both into the bundle)."""
+    rule each was calibrated under (``appliance.scoring.SCORE_RULES``) and, for "organ" findings, the threshold of
+    their own prompts; the exporter copies all three into the bundle."""
     ckpt = read(path)
     ckpt["thresholds"] = {k: float(v) for k, v in thresholds.items()}
     ckpt["score_rules"] = {k: str(v) for k, v in (score_rules or {}).items()}
+    ckpt["prompt_thresholds"] = {k: float(v) for k, v in (prompt_thresholds or {}).items()}
     if metrics is not None:
         ckpt["metrics"] = metrics
     p = Path(path)
