@@ -40,18 +40,21 @@ def test_calcification_rises_with_age():
     assert old > 1.5 * young
 
 
-def test_enriched_plan_gives_lo_to_hi_findings_one_per_organ_and_covers_the_catalogue():
+def test_enriched_plan_gives_lo_to_hi_drawn_findings_and_covers_the_catalogue():
     from collections import Counter
 
     from appliance.ontology import CATEGORY_FINDINGS
+    from trainer.synth.plan import CO_OCCUR
     primary = {f.name: f.organs[0] for f in CATEGORY_FINDINGS}
+    added = {b for _, b, _ in CO_OCCUR}
     rng = np.random.default_rng(3)
     counts: Counter = Counter()
     for i in range(600):
         sex = "male" if i % 2 else "female"
         x = sample_findings(rng, age=60, sex=sex, normal_fraction=0.0, per_study=(3, 6))
-        assert 3 <= len(x) <= 6
-        assert len({primary[n] for n in x}) == len(x)  # one finding per organ crop: single-finding training labels
+        assert len(set(x)) == len(x)
+        # 3-6 drawn; only findings a co-occurrence rule adds come on top
+        assert 3 <= len(x) and len([n for n in x if n not in added]) <= 6
         assert sex == "male" or "prostatomegaly" not in x
         first = [n for n in x if n in ("hepatomegaly", "splenomegaly", "cardiomegaly", "prostatomegaly",
                                        "pancreatic_atrophy", "aortic_aneurysm")]
@@ -60,6 +63,19 @@ def test_enriched_plan_gives_lo_to_hi_findings_one_per_organ_and_covers_the_cata
     assert set(counts) == set(primary)
     # the realistic plan gives the rarest finding ~1 % of studies; enrichment gives every finding at least 4 %
     assert min(counts.values()) >= 0.04 * 600
+
+
+def test_enriched_plan_lets_findings_of_one_organ_meet_as_in_patients():
+    """Session 17: a plan with at most one finding per organ taught the encoder that a fractured spine is never
+    osteopenic (fracture AUROC 0.31 on the realistic test, where 11 of 16 fractures are osteopenic)."""
+    rng = np.random.default_rng(4)
+    draws = [sample_findings(rng, age=60, sex="male", normal_fraction=0.0, per_study=(3, 6)) for _ in range(2000)]
+    osteo = [x for x in draws if "osteopenia" in x]
+    with_fracture = sum("fracture" in x for x in osteo) / len(osteo)
+    assert with_fracture > 0.25  # the co-occurrence rule (0.25) plus chance
+    effusion = [x for x in draws if "pleural_effusion" in x]
+    assert sum("atelectasis" in x for x in effusion) / len(effusion) > 0.5  # rule 0.6, but not after cardiomegaly
+    assert sum("steatosis" in " ".join(x) and "liver_lesion" in x for x in draws) > 0  # pairs no rule links, too
 
 
 def test_enriched_plan_keeps_the_normal_fraction_and_refuses_bad_ranges():
