@@ -48,8 +48,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--normal-fraction", type=float, default=0.3)
     p.add_argument("--phrasing", choices=("train", "heldout"), default="train")
     p.add_argument("--findings-per-study", type=_pair, default=None, metavar="LO,HI",
-                   help="enriched TRAINING plan: LO..HI findings per abnormal study, equal weights, one per organ "
-                        "(default: the realistic plan: 1-4 by prevalence with co-occurrences)")
+                   help="enriched TRAINING plan: LO..HI findings per abnormal study, equal weights, then the realistic "
+                        "co-occurrences (default: the realistic plan: 1-4 by prevalence with co-occurrences)")
     p.add_argument("--data-dir", default=None, help="shared data folder for real-backed (else $TOTALFM_SHARED_DATA)")
     p.add_argument("--source", default=None,
                    help="real-backed only: patient A (the NIfTI scans) or B (the DICOM series), or one source name "
