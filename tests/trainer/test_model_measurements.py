@@ -8,6 +8,8 @@ import json
 import numpy as np
 import pytest
 
+from appliance import ontology
+
 torch = pytest.importorskip("torch")
 torch.set_num_threads(1)
 
@@ -199,15 +201,20 @@ def test_held_out_findings_scored_by_their_positive_prompts_travel_into_the_bund
                  "--bootstrap", "10", "--threads", "1", "--no-plots", "--held-out-score", "positive"]) == 0
     meta = ckptmod.read(ck)
     held_out = set(meta["anchor"]["zero_shot"])
-    assert held_out and set(meta["score_rules"]) == held_out and set(meta["score_rules"].values()) == {"positive"}
+    stored = meta["score_rules"]  # every finding's rule, defaults included
+    assert held_out and {n for n, r in stored.items() if r == "positive"} == held_out
+    assert {n for n, r in stored.items() if r == "organ"} == {f.name for f in ontology.ANY_ABNORMALITY_FINDINGS}
+    assert set(meta["prompt_thresholds"]) == {n for n, r in stored.items() if r == "organ"}
     out = export_from_checkpoints(None, ck, trained / "bundle_pos", log=lambda s: None)
     from appliance.bundle import load_bundle
-    rules = {f.name: f.score for f in load_bundle(out).findings}
+    findings = load_bundle(out).findings
+    rules = {f.name: f.score for f in findings}
     assert {n for n, r in rules.items() if r == "positive"} == held_out
+    assert all(f.prompt_threshold == meta["prompt_thresholds"][f.name] for f in findings if f.score == "organ")
     assert main(["--bundle", str(out), "--synth-val", "2", "--synth-test", "2", "--out", str(trained / "ev_pos_b"),
                  "--bootstrap", "10", "--threads", "1", "--no-plots"]) == 0
     torch_res = json.loads((trained / "ev_pos" / "eval.json").read_text())["findings"]
     bundle_res = json.loads((trained / "ev_pos_b" / "eval.json").read_text())["findings"]
-    for name in held_out:
+    for name in held_out | {f.name for f in ontology.ANY_ABNORMALITY_FINDINGS}:  # the organ rule travels too
         a, b = torch_res[name]["auroc"], bundle_res[name]["auroc"]
         assert (a is None and b is None) or abs(a - b) < 1e-6, name
