@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import multiprocessing as mp
 from collections import deque
+from concurrent.futures import ProcessPoolExecutor
 from typing import Iterator
 
 import numpy as np
@@ -42,9 +43,13 @@ class BatchStream:
         self.pending: deque = deque()
         self.pool = None
         if self.workers > 0:
-            # fork: the cases (hundreds of MB of volumes) are shared copy-on-write instead of pickled to every worker
+            # fork: the cases (hundreds of MB of volumes) are shared copy-on-write instead of pickled to every worker.
+            # An executor, not multiprocessing.Pool: Pool.terminate() can wait forever on a queue lock that a worker
+            # held when it was stopped (a CI run hung in close() that way, session 17); the executor shuts down by
+            # letting its workers finish, and a dead worker raises BrokenProcessPool instead of a silent hang.
             _SAMPLER = sampler
-            self.pool = mp.get_context("fork").Pool(self.workers)
+            self.pool = ProcessPoolExecutor(self.workers, mp_context=mp.get_context("fork"))
+            self.pool.submit(int).result()  # the first task forks every worker: here, before CUDA is touched
 
     def __iter__(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         return self
@@ -53,14 +58,14 @@ class BatchStream:
         if self.pool is None:
             return self.sampler.sample(self.batch)
         while len(self.pending) < self.depth:
-            self.pending.append(self.pool.apply_async(_draw, ((self.seed, self.index, self.batch),)))
+            self.pending.append(self.pool.submit(_draw, (self.seed, self.index, self.batch)))
             self.index += 1
-        return self.pending.popleft().get()
+        return self.pending.popleft().result()
 
     def close(self) -> None:
         global _SAMPLER
         if self.pool is not None:
-            self.pool.terminate()
-            self.pool.join()
+            self.pool.shutdown(wait=True, cancel_futures=True)  # at most one batch per worker is still drawn
             self.pool = None
+            self.pending.clear()
             _SAMPLER = None

@@ -221,9 +221,11 @@ def training_cases(train_patient: str, spacing, *, n_analytic: int, n_realbacked
                              gen_spacing=gsp, cache_dir=cache_dir))
     if workers > 1 and len(specs) > 1:
         import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
 
-        with mp.get_context("fork").Pool(min(workers, len(specs))) as pool:
-            cases += pool.map(operator.call, specs, chunksize=1)
+        # an executor, not multiprocessing.Pool, whose terminate() on leaving `with` can hang (batches.py)
+        with ProcessPoolExecutor(min(workers, len(specs)), mp_context=mp.get_context("fork")) as pool:
+            cases += list(pool.map(operator.call, specs))
     else:
         cases += [make() for make in specs]
     log(f"training cases: {len(cases)} ({sum(c.patient == train_patient for c in cases)} of patient "
