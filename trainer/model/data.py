@@ -166,9 +166,13 @@ def from_pairs(path: str | Path, input_shape, splits=("train",), limit: int | No
         encoded.update(zip((c for c, _ in jobs), _encode_crops(str(path), jobs, input_shape, bank.measurements)))
     else:
         import multiprocessing as mp
+        import os
         from concurrent.futures import ProcessPoolExecutor
+
+        from trainer.workers import init_worker
         # spawn: the parent may hold torch's thread pools, which a forked child must not inherit
-        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn")) as ex:
+        with ProcessPoolExecutor(workers, mp_context=mp.get_context("spawn"), initializer=init_worker,
+                                 initargs=(os.getpid(),)) as ex:
             futs = [(jobs, ex.submit(_encode_crops, str(path), jobs, input_shape, bank.measurements))
                     for jobs in tasks.values()]
             for jobs, f in futs:

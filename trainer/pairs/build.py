@@ -46,6 +46,7 @@ import numpy as np
 from appliance.errors import TotalFMError
 from appliance.ontology import FINDINGS_BY_NAME, ORGAN_NAMES
 from trainer.pairs import index as ix
+from trainer.workers import init_worker
 
 log = logging.getLogger(__name__)
 
@@ -118,25 +119,6 @@ def patient_and_split(truth: dict | None) -> tuple[str | None, str]:
 
 # ------------------------------------------------------------------ per-worker state
 _STATE: dict = {}
-
-
-def _init_worker(parent_pid: int | None = None) -> None:
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
-    if parent_pid is not None and sys.platform.startswith("linux"):
-        # die with the parent: after a SIGKILL of the run, orphaned workers must not keep burning cores
-        try:
-            import ctypes
-            import signal
-            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
-            if os.getppid() != parent_pid:  # the parent died before prctl took effect
-                os._exit(1)
-        except OSError:
-            pass
-    try:
-        import torch  # only present on trainer hosts; keep a worker to one core
-        torch.set_num_threads(1)
-    except ImportError:
-        pass
 
 
 def _segmenter(spec: str):
@@ -483,7 +465,7 @@ def build_pairs(studies_dir: str | Path, out: str | Path, segmenter: str = "labe
     disagree: dict[str, int] = {}
     from tqdm import tqdm
     bar = tqdm(total=len(todo), file=sys.stderr, disable=not progress, unit="study", desc="build-pairs")
-    pool = mp.get_context("spawn").Pool(workers, initializer=_init_worker,
+    pool = mp.get_context("spawn").Pool(workers, initializer=init_worker,
                                                  initargs=(os.getpid(),)) if workers > 1 and len(todo) > 1 else None
     try:
         results = pool.imap(_safe, todo, chunksize=1) if pool else map(_safe, todo)
