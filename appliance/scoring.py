@@ -186,7 +186,6 @@ def finding_scores(organ_embeddings: Mapping[str, np.ndarray], findings: Iterabl
     return {f.name: float(v) for f, v in zip(findings, s) if np.isfinite(v)}
 
 
-
 def never_called(threshold: float | None) -> bool:
     """True for a finding this bundle never calls positive (threshold ``NEVER_POSITIVE``, set at calibration when the
     validation scores gave no reliable threshold): the draft must say it was not screened, not imply it is absent."""
