@@ -29,6 +29,15 @@ from appliance.errors import TotalFMError
 SAME_THRESHOLD = 1e-6  # thresholds closer than this are the same threshold (no call changes but exact ties)
 
 
+def _repicked(new: dict, stored: dict, findings) -> tuple[dict, dict]:
+    """Re-picked values of the bundle's ``findings`` -> (the values to store, {name: [stored, new]} that changed).
+    The same graphs on the same data repick a threshold up to float noise (1e-8 between ONNX Runtime thread counts,
+    session 17): that is no change, and the stored value stays, so the bundle is not rewritten for it."""
+    values = {k: (stored[k] if k in stored and abs(float(v) - stored[k]) <= SAME_THRESHOLD else float(v))
+              for k, v in new.items() if k in findings}
+    return values, {k: [stored.get(k), v] for k, v in values.items() if v != stored.get(k)}
+
+
 def calibrate_bundle(bundle: str, pairs: str, *, threads: int = 2, bootstrap: int = 200, dry_run: bool = False,
                      bundle_id: str | None = None, keep_score_rules: bool = False, log=print) -> dict:
     """-> {"thresholds", "changed", "changed_rules", "macro", "manifest"}; see the module docstring. ``manifest`` is
@@ -56,18 +65,11 @@ def calibrate_bundle(bundle: str, pairs: str, *, threads: int = 2, bootstrap: in
     specs, prompts = finding_specs(embed_texts, score_rules=rules)
     res = evaluate(val, test, specs, prompts, scale, n_boot=bootstrap,
                    prompt_supervised=ev.prompt_supervised_findings(meta))
-    # the same graphs on the same data repick a threshold up to float noise (1e-8 between ONNX Runtime thread
-    # counts, session 17): that is no change, and the stored value stays, so the bundle is not rewritten for it
-    thresholds = {k: (old[k] if abs(float(v) - old[k]) <= SAME_THRESHOLD else float(v))
-                  for k, v in res["thresholds"].items() if k in old}
-    changed = {k: [old[k], v] for k, v in thresholds.items() if v != old[k]}
+    thresholds, changed = _repicked(res["thresholds"], old, old)
+    prompt_thr, changed_prompt = _repicked(res["prompt_thresholds"], meta.get("prompt_thresholds") or {}, old)
     stored_rules = meta.get("score_rules") or {}
     changed_rules = {f.name: [stored_rules.get(f.name, "pair"), f.score] for f in specs
                      if f.name in old and f.score != stored_rules.get(f.name, "pair")}
-    old_pt = meta.get("prompt_thresholds") or {}
-    prompt_thr = {k: (old_pt[k] if k in old_pt and abs(float(v) - old_pt[k]) <= SAME_THRESHOLD else float(v))
-                  for k, v in res["prompt_thresholds"].items() if k in old}
-    changed_prompt = {k: [old_pt.get(k), v] for k, v in prompt_thr.items() if v != old_pt.get(k)}
     macro = {k: v for k, v in res["macro"].items() if k != "findings_na"}
     log(f"{len(changed)} of {len(old)} thresholds and {len(changed_rules)} score rules change; on {len(test)} test "
         f"studies: finding AUROC {macro['finding_auroc']:.3f}, organ F1 {macro['organ_f1']:.3f}")
