@@ -96,3 +96,25 @@ def test_calibrate_refuses_a_dataset_without_test_studies_and_leaves_the_bundle(
     with pytest.raises(TotalFMError, match="1 validation and 0 test studies"):
         calibrate_bundle(str(bundle), str(data["val_only"]), threads=1, bootstrap=0, log=lambda s: None)
     assert (bundle / "manifest.json").read_bytes() == manifest_bytes
+
+
+def test_replace_thresholds_refuses_an_organ_rule_without_its_prompt_threshold_and_leaves_the_bundle(tmp_path):
+    """A finding moved to rule "organ" needs the threshold of its own prompts; without it (or for a finding the bundle
+    does not have) nothing is written."""
+    from export.bundle_build import replace_thresholds
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(REPO / "appliance" / "default_bundle", bundle)
+    m = json.loads((bundle / "manifest.json").read_text())
+    for r in m["findings"]:  # an older bundle: its generic findings on the prompt pair
+        if r["name"] == "liver_abnormal":
+            r["score"] = "pair"
+            r.pop("prompt_threshold", None)
+    (bundle / "manifest.json").write_text(json.dumps(m))
+    manifest_bytes = (bundle / "manifest.json").read_bytes()
+    with pytest.raises(ValueError, match="liver_abnormal: rule 'organ' needs its prompt threshold"):
+        replace_thresholds(bundle, {}, calibration={}, metrics={}, score_rules={"liver_abnormal": "organ"})
+    with pytest.raises(ValueError, match="findings the bundle does not have: no_such_finding"):
+        replace_thresholds(bundle, {}, calibration={}, metrics={}, prompt_thresholds={"no_such_finding": 0.5})
+    assert (bundle / "manifest.json").read_bytes() == manifest_bytes
+    assert not list(tmp_path.glob(".bundle-*"))
