@@ -31,3 +31,21 @@ def test_the_demo_says_which_folder_lacked_real_ct_when_it_falls_back(tmp_path, 
     kind, why = phantom_kind(tmp_path / "no-data")
     assert kind == "analytic"
     assert str((tmp_path / "no-data" / "real-ct").resolve()) in why
+
+
+def test_the_demo_tells_painted_findings_from_the_real_patients_own(capsys):
+    from types import SimpleNamespace as NS
+
+    from appliance.commands.demo import _print_result
+    f = lambda name, organ: NS(finding=name, organ=organ, positive=True, score=0.9, threshold=0.5)  # noqa: E731
+    result = NS(organs=[], report=None, findings=[f("atherosclerosis", "aorta"), f("liver_lesion", "liver"),
+                                                  f("ascites", "liver")])
+    truth = {"findings": [{"finding": "liver_lesion", "organ": "liver", "inserted": True},
+                          {"finding": "atherosclerosis", "organ": "aorta", "inserted": False,
+                           "origin": "source_patient"}, {"finding": "kidney_stone", "organ": "kidneys"}]}
+    _print_result(result, truth)
+    out = capsys.readouterr().out
+    assert "atherosclerosis" in out and "[the real patient's own]" in out
+    assert out.count("[inserted]") == 1 and "ascites" in out and "[NOT in the truth (false positive)]" in out
+    assert "(atherosclerosis: the real patient's own, not painted in)" in out
+    assert "missed by the model: ['kidney_stone']" in out

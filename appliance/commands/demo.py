@@ -124,6 +124,8 @@ def _wait(what: str, check, timeout: float, procs: dict[str, subprocess.Popen]):
 
 def _print_result(result, truth: dict) -> None:
     inserted = sorted({f["finding"] for f in truth.get("findings", [])})
+    # a real-backed study also carries the real patient's own findings (trainer.synth.source_findings)
+    own = {f["finding"] for f in truth.get("findings", []) if f.get("origin") == "source_patient"}
     print("\n== organs found")
     for o in result.organs:
         if o.volume_ml is not None:
@@ -133,12 +135,14 @@ def _print_result(result, truth: dict) -> None:
     print("\n== findings scored positive (score >= calibrated threshold)")
     positives = [f for f in result.findings if f.positive]
     for f in sorted(positives, key=lambda f: -f.score):
-        mark = "inserted" if f.finding in inserted else "NOT inserted (false positive)"
+        mark = ("the real patient's own" if f.finding in own else "inserted") if f.finding in inserted \
+            else "NOT in the truth (false positive)"
         print(f"  {f.finding:32s} {f.organ:16s} score {f.score:.3f} >= {f.threshold:.3f}   [{mark}]")
     if not positives:
         print("  (none)")
     missed = [n for n in inserted if n not in {f.finding for f in positives}]
-    print(f"\n== known truth of this synthetic study: inserted {inserted or 'nothing'}; "
+    own_note = f" ({', '.join(sorted(own))}: the real patient's own, not painted in)" if own else ""
+    print(f"\n== known truth of this synthetic study: {inserted or 'nothing'}{own_note}; "
           f"missed by the model: {missed or 'none'}")
     if result.report is not None:
         print("\n== draft report\n" + result.report.draft_text)

@@ -20,6 +20,7 @@ from appliance.nifti_io import read_nifti
 from appliance.ontology import TOTALSEG_ID_BY_NAME as TS
 from appliance.volume import Volume, to_canonical
 from trainer.synth.analytic import HU, PHASE_INDEX
+from trainer.synth.source_findings import aortic_calcium_mask, source_findings
 from trainer.synth.grid import Grid
 from trainer.synth.phantom import Phantom
 
@@ -91,6 +92,13 @@ def load_source(data_dir: str, name: str):
     return ct, seg.array.astype(np.uint8), phase
 
 
+@lru_cache(maxsize=4)
+def source_calcium(data_dir: str, name: str) -> np.ndarray:
+    """uint8 mask of the source patient's own aortic wall calcium (``source_findings.aortic_calcium_mask``)."""
+    ct, seg, _ = load_source(data_dir, name)
+    return aortic_calcium_mask(np.asarray(ct.array, dtype=np.float32), seg).astype(np.uint8)
+
+
 def build_real_backed(rng: np.random.Generator, *, data_dir, phase: str, age: int, source: str | None = None,
                       shape=None, spacing=None, elastic_mm: float = 6.0) -> Phantom:
     """``source``: a source name, a patient ("A" or "B": one of that patient's sources, drawn from ``rng``), or None
@@ -143,6 +151,8 @@ def build_real_backed(rng: np.random.Generator, *, data_dir, phase: str, age: in
         coords.append((src_mm / src_sp[a] + src_centre_idx[a]).astype(np.float32))
     hu = ndimage.map_coordinates(ct.array, coords, order=1, mode="constant", cval=-1000.0).astype(np.float32)
     labels = ndimage.map_coordinates(seg, coords, order=0, mode="constant", cval=0).astype(np.uint8)
+    calcium = ndimage.map_coordinates(source_calcium(data_dir, source), coords, order=0, mode="constant",
+                                      cval=0).astype(bool)
     del coords
     # intensity: small calibration drift, then contrast enhancement by organ when the study phase differs
     hu = hu * np.float32(rng.uniform(0.97, 1.03)) + np.float32(rng.uniform(-8, 8))
@@ -153,5 +163,7 @@ def build_real_backed(rng: np.random.Generator, *, data_dir, phase: str, age: in
         hu += ndimage.gaussian_filter(lut[labels], 0.7)
     sex = "male" if (labels == TS["prostate"]).any() else ("female" if (labels == TS["urinary_bladder"]).any()
                                                            else "unknown")
-    return Phantom(hu, labels, grid, sex=sex, phase=phase, age=age, kind="real-backed",
-                   meta={"source": source, "source_patient": SOURCE_PATIENT.get(source), "wall_mm": 25.0})
+    ph = Phantom(hu, labels, grid, sex=sex, phase=phase, age=age, kind="real-backed",
+                 meta={"source": source, "source_patient": SOURCE_PATIENT.get(source), "wall_mm": 25.0})
+    ph.meta["source_findings"] = source_findings(ph, calcium)
+    return ph

@@ -1,9 +1,9 @@
 """Free-text radiology reports written from the truth, with per-sentence truth for scoring report processing.
 
-A report has TECHNIQUE, COMPARISON, FINDINGS (by organ) and IMPRESSION sections. Every inserted finding is stated
-positively (in FINDINGS, or only in the IMPRESSION for some), absent findings are sometimes negated explicitly
-("No gallstones."), organs without findings get normal statements, and technique/comparison sentences are marked
-``not_a_finding``. Two disjoint phrasing sets: ``train`` and ``heldout`` use different sentence frames, so a model
+A report has TECHNIQUE, COMPARISON, FINDINGS (by organ) and IMPRESSION sections. Every finding in the truth (painted
+in, or the real source patient's own) is stated positively (in FINDINGS, or only in the IMPRESSION for some), absent
+findings are sometimes negated explicitly ("No gallstones."), organs without findings get normal statements, and
+technique/comparison sentences are marked ``not_a_finding``. Two disjoint phrasing sets: ``train`` and ``heldout`` use different sentence frames, so a model
 trained on one is tested on sentences it has never seen (tests prove no template is shared).
 """
 
@@ -158,7 +158,7 @@ def write_report(truth: dict, rng: np.random.Generator, phrasing: str = "train")
         raise ValueError(f"phrasing must be 'train' or 'heldout', got {phrasing!r}")
     fr = FRAMES[phrasing]
     phase = truth.get("phase")
-    present = [r for r in truth.get("findings", []) if r.get("inserted", True)]
+    present = list(truth.get("findings", []))  # painted lesions and the source patient's own (``source_findings``)
     present_names = {r["finding"] for r in present}
     organs_in_scan = [o for o in ORGAN_ORDER if truth.get("organ_volumes_ml", {}).get(o, 1.0) > 0]
     sents: list[dict] = []

@@ -109,10 +109,13 @@ def generate_study(kind: str = "analytic", seed: int = 0, index: int = 0, *, sha
     else:
         hu_i16, sigma = np.rint(np.clip(ph.hu, -1024, 3071)).astype(np.int16), 0.0
     inserted = [r for r in records if r["inserted"]]
+    # the real source patient's own findings (``source_findings``), unless the same finding was painted in as well
+    present = inserted + [r for r in ph.meta.get("source_findings", [])
+                          if r["finding"] not in {i["finding"] for i in inserted}]
     truth = {
         "generator_version": GENERATOR_VERSION, "seed": int(seed), "index": int(index), "kind": kind,
         "source": ph.meta.get("source"), "source_patient": ph.meta.get("source_patient"), "sex": ph.sex, "age": ph.age, "phase": ph.phase,
-        "normal": not inserted, "findings": inserted, "not_inserted": [r for r in records if not r["inserted"]],
+        "normal": not present, "findings": present, "not_inserted": [r for r in records if not r["inserted"]],
         "organ_volumes_ml": ph.organ_volumes_ml(), "noise_sigma_hu": round(sigma, 2),
         "geometry": ph.image_volume().describe() | {"value_range": None},
     }
