@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pytest
 
 from appliance import ontology
 from trainer.evaluate.report import comparison_markdown, write_outputs
@@ -191,3 +192,53 @@ def test_by_source_reports_a_domain_the_pooled_figure_hides(tmp_path):
     res = evaluate(val, test, specs, prompts, logit_scale=20.0, n_boot=0) | {"by_source": by}
     md = write_outputs(res, tmp_path, plots=False)["markdown"].read_text()
     assert "| real-backed | 40 |" in md and "By test source" in md
+
+
+def test_generic_prompt_threshold_is_picked_for_the_organ_decision():
+    """``<organ>_abnormal``'s own prompts add organ calls on top of the specific findings; their threshold is the one
+    that maximises the ORGAN call's validation F1, not the generic finding's own F1 (session 18). Here hepatic
+    steatosis finds the abnormal livers; the generic prompt ranks them high too, but also some normal livers,
+    so at its own-F1 threshold it adds false organ calls; the threshold picked gives the best organ call there is."""
+    from dataclasses import replace
+
+    from appliance.scoring import prompt_view, score_matrix
+    from trainer.evaluate import metrics as M
+    from trainer.evaluate.zeroshot import NEVER_POSITIVE, calibrate, calibrate_specs, organ_scores, organ_truth
+    specs, prompts = finding_specs(_text_space)
+    by = {f.name: f for f in specs}
+    unit = lambda v: v / np.linalg.norm(v)  # noqa: E731
+    steatosis = prompts[by["hepatic_steatosis"].pos_index].mean(0)
+    generic = prompts[by["liver_abnormal"].pos_index].mean(0)
+    normal = np.sum([prompts[f.neg_index].mean(0) for f in specs if f.organ == "liver"], axis=0)
+    rng = np.random.default_rng(5)
+    n = 90
+    emb = {o: np.full((n, 32), np.nan, np.float32) for o in ontology.ORGAN_NAMES}
+    labels = []
+    for i in range(n):
+        sick, decoy = i % 3 == 0, i % 3 == 1 and i % 2 == 0  # 30 abnormal livers; 15 normal ones look "abnormal"
+        v = normal + rng.normal(0, 0.2, 32) + (3 * steatosis + 2 * generic if sick else 0) + \
+            (2 * generic if decoy else 0)
+        emb["liver"][i] = unit(v)
+        labels.append({"liver": {"abnormal": sick, "findings": ["hepatic_steatosis"] if sick else []}})
+    val = SplitData([f"v{i}" for i in range(n)], emb, labels)
+    cal, src = calibrate_specs(val, specs, prompts, 20.0)
+    y = organ_truth(val, "liver")
+
+    def organ_f1(found):
+        called = organ_scores(val, found, prompts, 20.0)["liver"]["called"] >= 0
+        return M.f1_score(y, called.astype(float), 0.5)
+
+    chosen = {f.name: f for f in cal}["liver_abnormal"]
+    own, _, own_src = calibrate(y, score_matrix({"liver": emb["liver"]}, [prompt_view(chosen)], prompts, 20.0)[:, 0],
+                                chosen.score)
+    assert own_src == "val_max_f1"  # the prompt is informative on its own
+    at_own = [replace(f, prompt_threshold=own) if f.name == "liver_abnormal" else f for f in cal]
+    assert organ_f1(at_own) < 1.0  # ... but at its own threshold it calls normal livers too
+    assert src["liver_abnormal#prompt"][1] == "val_max_organ_f1" and chosen.prompt_threshold != own
+    best = organ_f1(cal)
+    assert best > organ_f1(at_own) and best == pytest.approx(src["liver_abnormal#prompt"][0])
+    # no other prompt threshold (silence, or any validation score) gives the appliance's organ call a better F1
+    p = score_matrix({"liver": emb["liver"]}, [prompt_view(chosen)], prompts, 20.0)[:, 0]
+    for t in [NEVER_POSITIVE, *np.unique(p)]:
+        assert organ_f1([replace(f, prompt_threshold=float(t)) if f.name == "liver_abnormal" else f
+                         for f in cal]) <= best + 1e-12

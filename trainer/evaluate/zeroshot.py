@@ -9,7 +9,8 @@ same thing in production. Decisions (documented, also printed in every report):
 - **Finding score**: ``appliance.scoring.score_matrix`` (prompt-ensemble logits, 2-way softmax, max over organs).
   ``<organ>_abnormal`` (score rule "organ" since session 17, ``default_rule``): the organ's ``called`` evidence
   below as a probability, called at 0.5; its own prompts count as one of the organ's findings, at a threshold of
-  their own (``prompt_threshold``, picked first: ``calibrate_specs``).
+  their own (``prompt_threshold``, picked first: ``calibrate_specs``; since session 18 for the organ decision's F1,
+  ``_prompt_threshold_for_organ``).
 - **Organ-wise lesion classification** (organ abnormal or not): the organ's score is the MAXIMUM over every finding
   scored in that organ (its ``<organ>_abnormal`` finding and each catalogue finding listing the organ), each computed
   from THIS organ's crop only. Why: the generic "abnormal liver" prompt alone is weak for findings the text tower has
@@ -196,6 +197,12 @@ def calibrate_specs(val: SplitData, findings: Sequence[FindingSpec], prompt_embe
         else:
             specs.append(replace(f, threshold=float(thr)))
             cal[f.name] = (vf1, src)
+    for j, f in enumerate(specs):
+        if f.score == "organ" and f.prompt_threshold < NEVER_POSITIVE and len(val):
+            thr, vf1 = _prompt_threshold_for_organ(val, specs, f, prompt_embeddings, logit_scale)
+            if thr != f.prompt_threshold:
+                specs[j] = replace(f, prompt_threshold=thr)
+                cal[f.name + "#prompt"] = (vf1, "val_max_organ_f1")
     callable_in = {o for f in specs for o in (f.organs or [f.organ])
                    if (f.prompt_threshold if f.score == "organ" else f.threshold) < NEVER_POSITIVE}
     for j, f in enumerate(specs):
@@ -204,6 +211,42 @@ def calibrate_specs(val: SplitData, findings: Sequence[FindingSpec], prompt_embe
             specs[j] = replace(f, threshold=ORGAN_EVIDENCE_THRESHOLD if ok else NEVER_POSITIVE)
             cal[f.name] = (float("nan"), "organ_evidence" if ok else "no_callable_finding")
     return specs, cal
+
+
+def _prompt_threshold_for_organ(val: SplitData, specs: Sequence[FindingSpec], f: FindingSpec,
+                                prompt_embeddings: np.ndarray, logit_scale: float) -> tuple[float, float]:
+    """The ``prompt_threshold`` of "organ" finding ``f`` that maximises the ORGAN decision's F1 on ``val`` (organ
+    abnormal <=> any of its findings called), the organ's other findings at their thresholds -> (threshold, that F1).
+    Why (session 18): under the organ rule the generic prompt's only job is to add organ calls that no specific
+    finding makes, so its threshold is picked for that decision, not for the generic finding's own F1 (which
+    ignores that the specific findings already call most of its positives). Candidates: every validation score, and
+    ``NEVER_POSITIVE`` (the prompt adds nothing); as for a finding, only those at which at least
+    ``MIN_VAL_PRECISION`` of the organ's validation calls are right; a tie keeps the threshold of the prompt's own
+    F1. Only for a prompt that its own calibration found informative (a silenced prompt stays silent)."""
+    emb = val.embeddings.get(f.organ)
+    if emb is None:
+        return f.prompt_threshold, float("nan")
+    y = organ_truth(val, f.organ)
+    others = [s for s in specs if f.organ in (s.organs or [s.organ]) and s.name != f.name]
+    rest = organ_margins({f.organ: emb}, others, prompt_embeddings, logit_scale)[f.organ] if others else \
+        np.where(np.isfinite(emb).any(axis=1), NEVER_CALLED, np.nan)
+    p = score_matrix({f.organ: emb}, [prompt_view(f)], prompt_embeddings, logit_scale)[:, 0]
+    ok = np.isfinite(p) & np.isfinite(rest)
+    y, p, by_rest = y[ok], p[ok], rest[ok] >= 0
+
+    def organ_f1(t):
+        called = by_rest | (p >= t)
+        if called.any() and (called & y).sum() < MIN_VAL_PRECISION * called.sum():
+            return -1.0
+        f1 = M.f1_score(y, called.astype(np.float64), 0.5)
+        return f1 if np.isfinite(f1) else 0.0
+
+    best_t, best = f.prompt_threshold, organ_f1(f.prompt_threshold)
+    for t in [NEVER_POSITIVE, *np.unique(p)]:
+        v = organ_f1(float(t))
+        if v > best + 1e-12:
+            best_t, best = float(t), v
+    return best_t, best
 
 
 def _fmt_ci(ci: dict) -> list:

@@ -3,8 +3,9 @@
 A report has TECHNIQUE, COMPARISON, FINDINGS (by organ) and IMPRESSION sections. Every finding in the truth (painted
 in, or the real source patient's own) is stated positively (in FINDINGS, or only in the IMPRESSION for some), absent
 findings are sometimes negated explicitly ("No gallstones."), organs without findings get normal statements, and
-technique/comparison sentences are marked ``not_a_finding``. Two disjoint phrasing sets: ``train`` and ``heldout`` use different sentence frames, so a model
-trained on one is tested on sentences it has never seen (tests prove no template is shared).
+technique/comparison sentences are marked ``not_a_finding``. Two disjoint phrasing sets: ``train`` and ``heldout``
+use different sentence frames, so a model trained on one is tested on sentences it has never seen (tests prove no
+template is shared).
 """
 
 from __future__ import annotations
