@@ -210,6 +210,8 @@ def replace_thresholds(bundle_dir: str | Path, thresholds: dict[str, float], *, 
     changed = {f.name: [f.threshold, float(thresholds[f.name])] for f in old.findings
                if f.name in thresholds and float(thresholds[f.name]) != f.threshold}
     changed_rules = {f.name: [f.score, rules[f.name]] for f in old.findings if rules.get(f.name, f.score) != f.score}
+    changed_prompt = {f.name: [f.prompt_threshold, float(prompt_thr[f.name])] for f in old.findings
+                      if f.name in prompt_thr and float(prompt_thr[f.name]) != f.prompt_threshold}
 
     def change(work: Path) -> dict:
         def edit(m):
@@ -223,15 +225,15 @@ def replace_thresholds(bundle_dir: str | Path, thresholds: dict[str, float], *, 
             prov = m.setdefault("provenance", {})
             prov.setdefault("metrics", {})["encoder"] = metrics
             prov["calibration"] = {**calibration, "previous_bundle_id": old.bundle_id, "changed": changed,
-                                   "changed_score_rules": changed_rules}
+                                   "changed_score_rules": changed_rules, "changed_prompt_thresholds": changed_prompt}
             m["bundle_id"] = bundle_id or f"{old.bundle_id}-cal-{digest}"
             m["created"] = _now()
 
         return update_manifest(work, edit)
 
     manifest = _rebuild_in_place(root, change, digest)
-    log(f"bundle {manifest['bundle_id']} at {root}: {len(changed)} of {len(old.findings)} thresholds and "
-        f"{len(changed_rules)} score rules changed")
+    log(f"bundle {manifest['bundle_id']} at {root}: {len(changed)} of {len(old.findings)} thresholds, "
+        f"{len(changed_prompt)} prompt thresholds and {len(changed_rules)} score rules changed")
     return manifest
 
 

@@ -71,21 +71,26 @@ def calibrate_bundle(bundle: str, pairs: str, *, threads: int = 2, bootstrap: in
     changed_rules = {f.name: [stored_rules.get(f.name, "pair"), f.score] for f in specs
                      if f.name in old and f.score != stored_rules.get(f.name, "pair")}
     macro = {k: v for k, v in res["macro"].items() if k != "findings_na"}
-    log(f"{len(changed)} of {len(old)} thresholds and {len(changed_rules)} score rules change; on {len(test)} test "
-        f"studies: finding AUROC {macro['finding_auroc']:.3f}, organ F1 {macro['organ_f1']:.3f}")
+    log(f"{len(changed)} of {len(old)} thresholds, {len(changed_prompt)} prompt thresholds and {len(changed_rules)} "
+        f"score rules change; on {len(test)} test studies: finding AUROC {macro['finding_auroc']:.3f}, organ F1 "
+        f"{macro['organ_f1']:.3f}")
     for k, (a, b) in sorted(changed.items()):
         log(f"  {k:<28} {a:.3f} -> {b:.3f} ({res['findings'][k]['threshold_source']})")
+    for k, (a, b) in sorted(changed_prompt.items()):
+        log(f"  {k:<28} prompt {'-' if a is None else f'{a:.3f}'} -> {b:.3f} "
+            f"({res['findings'][k]['prompt_threshold_source']})")
     for k, (a, b) in sorted(changed_rules.items()):
         log(f"  {k:<28} rule {a} -> {b}")
-    out = {"thresholds": thresholds, "changed": changed, "changed_rules": changed_rules, "macro": macro,
-           "manifest": None}
+    out = {"thresholds": thresholds, "changed": changed, "changed_rules": changed_rules,
+           "changed_prompt": changed_prompt, "macro": macro, "manifest": None}
     if dry_run or not (changed or changed_rules or changed_prompt):  # no call would change: the bundle stays
         return out
     calibration = {
         "data": src, "n_val": len(val), "n_test": len(test), "seconds": round(time.time() - t0, 1),
         "rule": f"max F1 on validation among thresholds with precision >= {MIN_VAL_PRECISION}; never positive when "
                 f"validation AUROC < {MIN_VAL_AUROC} or no threshold reaches that precision; a finding scored by "
-                "rule 'organ' (its organ's evidence) is called at 0.5, when one of the organ's findings is called",
+                "rule 'organ' (its organ's evidence) is called at 0.5, when one of the organ's findings is called; "
+                "its own prompt's threshold is then picked for that organ call's validation F1",
         "threshold_source": {k: res["findings"][k]["threshold_source"] for k in thresholds},
         "prompt_threshold_source": {k: res["findings"][k]["prompt_threshold_source"] for k in prompt_thr},
     }
@@ -113,5 +118,6 @@ def main(argv: list[str]) -> int:
                          bundle_id=a.bundle_id, keep_score_rules=a.keep_score_rules)
     print(json.dumps({"bundle": a.bundle, "bundle_id": (r["manifest"] or {}).get("bundle_id"),
                       "dry_run": a.dry_run, "changed": len(r["changed"]), "changed_rules": len(r["changed_rules"]),
+                      "changed_prompt": len(r["changed_prompt"]),
                       "finding_auroc": r["macro"]["finding_auroc"], "organ_f1": r["macro"]["organ_f1"]}, indent=2))
     return 0

@@ -71,6 +71,12 @@ def test_calibrate_repicks_thresholds_keeps_the_models_and_gives_a_new_id(data, 
     assert cal["changed_score_rules"] == {n: [b.score, "organ"] for n in organ_rule
                                           for b in before.findings if b.name == n and b.score != "organ"}
     assert all(f.prompt_threshold is not None and f.threshold in (0.5, NEVER_POSITIVE) for f in organ_rule.values())
+    # every prompt threshold that moved is recorded with its old and new value (old None: it had no organ rule)
+    old_prompt = {f.name: f.prompt_threshold for f in before.findings}
+    assert cal["changed_prompt_thresholds"] == {n: [old_prompt[n], f.prompt_threshold] for n, f in organ_rule.items()
+                                                if f.prompt_threshold != old_prompt[n]} == \
+        {k: list(v) for k, v in r["changed_prompt"].items()}
+    assert cal["changed_prompt_thresholds"]
     assert after.provenance["metrics"]["encoder"]["data"] == f"pairs:{data['both']}"
     assert not list(tmp_path.glob(".bundle-*")) and not list(tmp_path.glob(".bundle.old-*"))  # no leftovers
     from export.verify import main as verify
