@@ -65,15 +65,13 @@ def source_findings(ph: Phantom, source_calcium: np.ndarray) -> list[dict]:
     if not source_calcium.any():
         return []
     aorta = np.isin(ph.labels, ts_ids("aorta"))
-    lumen = lumen_hu(ph.hu, aorta)
-    visible = source_calcium
-    mm3 = calcium_mm3(ph.hu, visible, lumen, float(np.prod(ph.grid.spacing)))
+    mm3 = calcium_mm3(ph.hu, source_calcium, lumen_hu(ph.hu, aorta), float(np.prod(ph.grid.spacing)))
     if mm3 < MIN_CALCIUM_MM3:
         return []
-    idx = np.argwhere(visible)
+    idx = np.argwhere(source_calcium)
     lo, hi = idx.min(axis=0), idx.max(axis=0) + 1
     centre = idx.mean(axis=0)
-    plaques = int(ndimage.label(visible, structure=np.ones((3, 3, 3)))[1])
+    plaques = int(ndimage.label(source_calcium, structure=np.ones((3, 3, 3)))[1])
     return [{
         "organ": "aorta", "finding": "atherosclerosis", "inserted": False, "origin": "source_patient",
         "location_voxel": [round(float(v), 1) for v in centre],
