@@ -1,0 +1,154 @@
+"""Session-20 diagnostic (#5, docs/results/model.md): how far can calibration alone move the organ-wise F1 of a
+model, and is a finding the text side misses in the image embedding at all? Not product code and not tested.
+
+    python bench/experiments/realistic_eval.py --bundle B --pairs P --out X.json --splits S.pkl   # embeds once
+    python bench/experiments/calibration_ceiling.py --bundle B --splits S.pkl --eval X.json
+
+Prints four things, all on the embeddings saved by realistic_eval.py (val 256, test 320):
+1. organ F1 per organ under the product's calibration (``zeroshot.calibrate_specs`` on val);
+2. the same after a JOINT threshold search per organ: coordinate ascent over the thresholds of every finding scored
+   in the organ (and its ``<organ>_abnormal`` prompt) for the organ decision's F1, with the product's precision floor
+   (``MIN_VAL_PRECISION``), fitted on val: a candidate calibration;
+3. the same search fitted on the TEST split itself: a ceiling (a local optimum, so not strictly an upper bound) of
+   what any threshold choice could give these embeddings;
+4. per finding, a logistic-regression probe on the organ embedding(s), fitted on val, scored on test (best of two
+   regularisation strengths chosen on test: slightly optimistic), next to the zero-shot AUROC: is the finding in the
+   embedding, and does the prompt direction find it? Needs scikit-learn (installed with the trainer's TotalSegmentator
+   dependencies; not a project dependency).
+"""
+import argparse
+import json
+import pickle
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from appliance import ontology  # noqa: E402
+from appliance.scoring import NEVER_POSITIVE, prompt_view, score_matrix  # noqa: E402
+from trainer.evaluate import cli  # noqa: E402
+from trainer.evaluate import metrics as M  # noqa: E402
+from trainer.evaluate.zeroshot import (MIN_VAL_PRECISION, calibrate_specs, finding_specs, finding_truth,  # noqa: E402
+                                       organ_truth)
+
+
+def _threshold(f) -> float:
+    return f.prompt_threshold if f.score == "organ" else f.threshold
+
+
+def _with_threshold(f, t: float):
+    return replace(f, prompt_threshold=float(t)) if f.score == "organ" else replace(f, threshold=float(t))
+
+
+def _organ_table(split, specs, organ, prompts, scale):
+    """(indices of the specs scored in ``organ``, their prompt scores [N, k] on the organ's crops, organ truth [N]),
+    studies whose organ was not encoded left out."""
+    idx = [j for j, f in enumerate(specs) if organ in (f.organs or [f.organ])]
+    s = score_matrix({organ: split.embeddings[organ]}, [prompt_view(specs[j]) for j in idx], prompts, scale)
+    ok = np.isfinite(s).all(axis=1)
+    return idx, s[ok], organ_truth(split, organ)[ok]
+
+
+def _organ_f1(y, s, t, floor=True) -> float:
+    called = (s >= t[None, :]).any(axis=1)
+    tp, fp, fn = (called & y).sum(), (called & ~y).sum(), (~called & y).sum()
+    if floor and called.any() and tp < MIN_VAL_PRECISION * called.sum():
+        return -1.0
+    return 2 * tp / max(2 * tp + fp + fn, 1)
+
+
+def joint_thresholds(split, specs, prompts, scale, rounds: int = 4) -> list:
+    """Per organ, coordinate ascent over its findings' thresholds for the organ decision's F1 on ``split``. A finding
+    scored in several organs is tuned in each in turn (the last organ's choice stands). Silenced findings
+    (``NEVER_POSITIVE``) stay silent."""
+    specs = list(specs)
+    for organ in ontology.ORGAN_NAMES:
+        if organ not in split.embeddings:
+            continue
+        idx, s, y = _organ_table(split, specs, organ, prompts, scale)
+        if not y.any():
+            continue
+        t = np.array([_threshold(specs[j]) for j in idx], float)
+        best = _organ_f1(y, s, t)
+        for _ in range(rounds):
+            changed = False
+            for k in [k for k in range(len(idx)) if t[k] < NEVER_POSITIVE]:
+                for c in [*np.unique(s[:, k]).tolist(), NEVER_POSITIVE]:
+                    tt = t.copy()
+                    tt[k] = c
+                    v = _organ_f1(y, s, tt)
+                    if v > best + 1e-12:
+                        best, t, changed = v, tt, True
+            if not changed:
+                break
+        for k, j in enumerate(idx):
+            specs[j] = _with_threshold(specs[j], t[k])
+    return specs
+
+
+def organ_f1_table(test, specs, prompts, scale, title: str) -> None:
+    rows = []
+    for organ in ontology.ORGAN_NAMES:
+        if organ not in test.embeddings:
+            continue
+        idx, s, y = _organ_table(test, specs, organ, prompts, scale)
+        if not y.any():
+            continue
+        called = (s >= np.array([_threshold(specs[j]) for j in idx])[None, :]).any(axis=1)
+        rows.append((organ, 2 * (called & y).sum() / max(2 * (called & y).sum() + (called ^ y).sum(), 1),
+                     int((called & y).sum()), int((called & ~y).sum()), int((~called & y).sum())))
+    print(f"\n{title}: organ F1 {np.mean([r[1] for r in rows]):.3f} over {len(rows)} organs")
+    print("| organ | F1 | TP | FP | FN |\n| --- | --- | --- | --- | --- |")
+    for r in rows:
+        print(f"| {r[0]} | {r[1]:.3f} | {r[2]} | {r[3]} | {r[4]} |")
+
+
+def probe_table(val, test, zero_shot: dict) -> None:
+    from sklearn.linear_model import LogisticRegression
+
+    findings = list(ontology.FINDINGS)
+    yv, yt = finding_truth(val, findings), finding_truth(test, findings)
+    rows = []
+    for j, f in enumerate(findings):
+        zs = (zero_shot.get(f.name) or {}).get("auroc", float("nan"))
+        if not np.isfinite(zs):
+            continue
+        xv = np.concatenate([val.embeddings[o] for o in f.organs], axis=1)
+        xt = np.concatenate([test.embeddings[o] for o in f.organs], axis=1)
+        okv, okt = np.isfinite(xv).all(1), np.isfinite(xt).all(1)
+        if yv[okv, j].sum() < 2:
+            continue
+        probe = max(M.auroc(yt[okt, j], LogisticRegression(C=c, max_iter=2000, class_weight="balanced")
+                            .fit(xv[okv], yv[okv, j]).decision_function(xt[okt])) for c in (0.1, 1.0))
+        rows.append((f.name, zs, probe, int(yt[okt, j].sum())))
+    rows.sort(key=lambda r: r[1])
+    print(f"\nlinear probe on the organ embedding (val -> test) vs zero-shot: macro {np.mean([r[2] for r in rows]):.3f}"
+          f" vs {np.mean([r[1] for r in rows]):.3f} over {len(rows)} findings")
+    print("| finding | zero-shot AUROC | probe AUROC | test positives |\n| --- | --- | --- | --- |")
+    for r in rows:
+        print(f"| {r[0]} | {r[1]:.3f} | {r[2]:.3f} | {r[3]} |")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--bundle", required=True, help="the bundle whose text prompts and logit scale score the splits")
+    ap.add_argument("--splits", required=True, help="pickle written by realistic_eval.py --splits")
+    ap.add_argument("--eval", required=True, help="realistic_eval.py's JSON (its zero-shot AUROC per finding)")
+    a = ap.parse_args()
+    _, embed_texts, scale, meta = cli.bundle_encoders(a.bundle, 2)
+    with open(a.splits, "rb") as f:
+        val, test = pickle.load(f)
+    specs, prompts = finding_specs(embed_texts, score_rules=cli.score_rules(meta, "positive"))
+    shipped, _ = calibrate_specs(val, specs, prompts, scale)
+    organ_f1_table(test, shipped, prompts, scale, "product calibration (val)")
+    organ_f1_table(test, joint_thresholds(val, shipped, prompts, scale), prompts, scale, "joint search on val")
+    organ_f1_table(test, joint_thresholds(test, shipped, prompts, scale), prompts, scale,
+                   "CEILING: joint search on the test split itself")
+    probe_table(val, test, json.loads(Path(a.eval).read_text())["val 256, test 320"]["findings"])
+
+
+if __name__ == "__main__":
+    main()
