@@ -1,20 +1,22 @@
 """Session-20 diagnostic (#5, docs/results/model.md): how far can calibration alone move the organ-wise F1 of a
-model, and is a finding the text side misses in the image embedding at all? Not product code and not tested.
+model, and is a finding the prompts miss in the encoder's inputs at all? Not product code and not tested.
 
     python bench/experiments/realistic_eval.py --bundle B --pairs P --out X.json --splits S.pkl   # embeds once
-    python bench/experiments/calibration_ceiling.py --bundle B --splits S.pkl --eval X.json
+    python bench/experiments/calibration_ceiling.py --bundle B --splits S.pkl --eval X.json \
+        [--train-pairs var/demo/pairs --test-pairs P]
 
-Prints four things, all on the embeddings saved by realistic_eval.py (val 256, test 320):
+Prints, on the embeddings saved by realistic_eval.py (val 256, test 320):
 1. organ F1 per organ under the product's calibration (``zeroshot.calibrate_specs`` on val);
 2. the same after a JOINT threshold search per organ: coordinate ascent over the thresholds of every finding scored
    in the organ (and its ``<organ>_abnormal`` prompt) for the organ decision's F1, with the product's precision floor
    (``MIN_VAL_PRECISION``), fitted on val: a candidate calibration;
 3. the same search fitted on the TEST split itself: a ceiling (a local optimum, so not strictly an upper bound) of
    what any threshold choice could give these embeddings;
-4. per finding, a logistic-regression probe on the organ embedding(s), fitted on val, scored on test (best of two
-   regularisation strengths chosen on test: slightly optimistic), next to the zero-shot AUROC: is the finding in the
-   embedding, and does the prompt direction find it? Needs scikit-learn (installed with the trainer's TotalSegmentator
-   dependencies; not a project dependency).
+4. with ``--train-pairs`` (a recipe's pair dataset with a train split; embedded and measured here, minutes) and
+   ``--test-pairs`` (the pairs the splits came from): per finding, a logistic-regression probe fitted on the train
+   split's truth, scored on test, once on the organ embedding(s) and once on the organ measurements, next to the
+   zero-shot AUROC: is the finding in the encoder's inputs, and does the prompt find it? Needs scikit-learn
+   (installed with the trainer's TotalSegmentator dependencies; not a project dependency).
 """
 import argparse
 import json
@@ -106,30 +108,48 @@ def organ_f1_table(test, specs, prompts, scale, title: str) -> None:
         print(f"| {r[0]} | {r[1]:.3f} | {r[2]} | {r[3]} | {r[4]} |")
 
 
-def probe_table(val, test, zero_shot: dict) -> None:
+def _bank_splits(pairs, split, encode, input_shape, embed_dim, n_measurements):
+    """(embedding SplitData, measurement SplitData) of one split of a pair dataset, from one crop bank."""
+    from trainer.evaluate.zeroshot import split_from_bank
+    from trainer.model import data
+
+    bank = data.from_pairs(pairs, tuple(input_shape), splits=(split,), with_labels=True,
+                           measurements=n_measurements, workers=2)
+    return (split_from_bank(bank, split, encode, embed_dim),
+            split_from_bank(bank, split, lambda x, organ_index, m: m, n_measurements))
+
+
+def probe_table(train: tuple, test: tuple, zero_shot: dict) -> None:
+    """``train`` / ``test``: (embedding SplitData, measurement SplitData) of the same studies."""
     from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
 
     findings = list(ontology.FINDINGS)
-    yv, yt = finding_truth(val, findings), finding_truth(test, findings)
+    ytr, yt = finding_truth(train[0], findings), finding_truth(test[0], findings)
+
+    def probe(tr, te, j, organs):
+        xtr = np.concatenate([tr.embeddings[o] for o in organs], axis=1)
+        xt = np.concatenate([te.embeddings[o] for o in organs], axis=1)
+        oktr, okt = np.isfinite(xtr).all(1), np.isfinite(xt).all(1)
+        clf = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=3000, class_weight="balanced"))
+        return M.auroc(yt[okt, j], clf.fit(xtr[oktr], ytr[oktr, j]).decision_function(xt[okt]))
+
     rows = []
     for j, f in enumerate(findings):
         zs = (zero_shot.get(f.name) or {}).get("auroc", float("nan"))
-        if not np.isfinite(zs):
+        if not np.isfinite(zs) or ytr[:, j].sum() < 2:
             continue
-        xv = np.concatenate([val.embeddings[o] for o in f.organs], axis=1)
-        xt = np.concatenate([test.embeddings[o] for o in f.organs], axis=1)
-        okv, okt = np.isfinite(xv).all(1), np.isfinite(xt).all(1)
-        if yv[okv, j].sum() < 2:
-            continue
-        probe = max(M.auroc(yt[okt, j], LogisticRegression(C=c, max_iter=2000, class_weight="balanced")
-                            .fit(xv[okv], yv[okv, j]).decision_function(xt[okt])) for c in (0.1, 1.0))
-        rows.append((f.name, zs, probe, int(yt[okt, j].sum())))
+        rows.append((f.name, zs, probe(train[0], test[0], j, f.organs), probe(train[1], test[1], j, f.organs),
+                     int(ytr[:, j].sum()), int(yt[:, j].sum())))
     rows.sort(key=lambda r: r[1])
-    print(f"\nlinear probe on the organ embedding (val -> test) vs zero-shot: macro {np.mean([r[2] for r in rows]):.3f}"
-          f" vs {np.mean([r[1] for r in rows]):.3f} over {len(rows)} findings")
-    print("| finding | zero-shot AUROC | probe AUROC | test positives |\n| --- | --- | --- | --- |")
+    macro = [np.mean([r[k] for r in rows]) for k in (1, 2, 3)]
+    print(f"\nprobes fitted on train, scored on test, macro over {len(rows)} findings: zero-shot {macro[0]:.3f}, "
+          f"embedding {macro[1]:.3f}, measurements {macro[2]:.3f}")
+    print("| finding | zero-shot | probe: embedding | probe: measurements | train pos | test pos |\n"
+          "| --- | --- | --- | --- | --- | --- |")
     for r in rows:
-        print(f"| {r[0]} | {r[1]:.3f} | {r[2]:.3f} | {r[3]} |")
+        print(f"| {r[0]} | {r[1]:.3f} | {r[2]:.3f} | {r[3]:.3f} | {r[4]} | {r[5]} |")
 
 
 def main():
@@ -137,8 +157,10 @@ def main():
     ap.add_argument("--bundle", required=True, help="the bundle whose text prompts and logit scale score the splits")
     ap.add_argument("--splits", required=True, help="pickle written by realistic_eval.py --splits")
     ap.add_argument("--eval", required=True, help="realistic_eval.py's JSON (its zero-shot AUROC per finding)")
+    ap.add_argument("--train-pairs", help="pair dataset with a train split: fit the probes there")
+    ap.add_argument("--test-pairs", help="the pair dataset the splits were embedded from: score the probes there")
     a = ap.parse_args()
-    _, embed_texts, scale, meta = cli.bundle_encoders(a.bundle, 2)
+    encode, embed_texts, scale, meta = cli.bundle_encoders(a.bundle, 2)
     with open(a.splits, "rb") as f:
         val, test = pickle.load(f)
     specs, prompts = finding_specs(embed_texts, score_rules=cli.score_rules(meta, "positive"))
@@ -147,7 +169,12 @@ def main():
     organ_f1_table(test, joint_thresholds(val, shipped, prompts, scale), prompts, scale, "joint search on val")
     organ_f1_table(test, joint_thresholds(test, shipped, prompts, scale), prompts, scale,
                    "CEILING: joint search on the test split itself")
-    probe_table(val, test, json.loads(Path(a.eval).read_text())["val 256, test 320"]["findings"])
+    if a.train_pairs and a.test_pairs:
+        cfg = meta["model_config"]
+        grid = (cfg["input_shape"], int(cfg["embed_dim"]), int(cfg.get("measurements", 0)))
+        probe_table(_bank_splits(a.train_pairs, "train", encode, *grid),
+                    _bank_splits(a.test_pairs, "test", encode, *grid),
+                    json.loads(Path(a.eval).read_text())["val 256, test 320"]["findings"])
 
 
 if __name__ == "__main__":
