@@ -158,3 +158,54 @@ def test_focal_measurements_stay_finite_on_degenerate_masks():
         assert v.shape == (N_MEASUREMENTS,) and np.all(np.isfinite(v))
     uniform = measurements_from_arrays(flat, edge, (2.0, 1.5, 1.5))[n1:]
     assert uniform[0] == pytest.approx(0.0, abs=1e-6) and uniform[3:].sum() == 0.0  # nothing focal in a uniform organ
+
+
+V3 = "organ-measurements-v3"
+
+
+def _lung_with(nodule: bool, vessel: bool):
+    """A 40 x 80 x 80 'lung' (density 0.3 with noise) on a 1.5 mm grid; optionally a bright 9 mm ball (a nodule) and a
+    bright 6 mm-wide straight tube through the whole crop (a vessel, without ends: an end is a blob) of the same
+    density 0.9."""
+    rng = np.random.default_rng(2)
+    img = np.full((40, 80, 80), 0.1, np.float32)
+    mask = np.zeros(img.shape, np.uint8)
+    mask[3:37, 5:75, 5:75] = 1
+    img[mask > 0] = 0.3 + rng.normal(0, 0.01, int(mask.sum())).astype(np.float32)
+    z, y, x = np.ogrid[:40, :80, :80]
+    if vessel:
+        img[np.broadcast_to((y - 25) ** 2 + (x - 25) ** 2 <= 2 ** 2, img.shape)] = 0.9  # all along z: no end cap
+    if nodule:
+        img[(z - 20) ** 2 + (y - 50) ** 2 + (x - 50) ** 2 <= 3 ** 2] = 0.9  # 6 voxels (9 mm) across
+    return img, mask
+
+
+def test_v3_blob_numbers_see_a_nodule_and_not_a_vessel_of_the_same_density():
+    """v3 appends the strongest bright / dark blob per scale (3, 5 mm): a ball lights the bright numbers, a straight
+    tube of the same density does not (flat along its axis); neither touches the dark ones; v3 extends v2."""
+    spacing = (1.5, 1.5, 1.5)
+    n2, n3 = MEASUREMENT_VERSIONS["organ-measurements-v2"], MEASUREMENT_VERSIONS[V3]
+    assert n3 == n2 + 4 and measurement_version(n3) == V3 and measurements_spec(V3) == V3
+    vessel = measurements_from_arrays(*_lung_with(False, True), spacing, version=V3)
+    both = measurements_from_arrays(*_lung_with(True, True), spacing, version=V3)
+    v2 = measurements_from_arrays(*_lung_with(True, True), spacing, version="organ-measurements-v2")
+    assert vessel.shape == both.shape == (n3,) and both[:n2].tobytes() == v2.tobytes()
+    bright3, dark3, bright5, dark5 = both[n2:]
+    assert bright3 > 5 * max(vessel[n2], 1e-3) and bright3 > 0.05  # the ball, not the tube
+    assert bright5 > vessel[n2 + 2]
+    assert dark3 < 0.2 * bright3 and dark5 < 0.2 * bright3  # nothing dark: noise only
+    assert np.all(np.isfinite(both))
+
+
+def test_v3_blob_numbers_stay_finite_on_degenerate_masks():
+    img = np.random.default_rng(1).random((12, 20, 20)).astype(np.float32)
+    one = np.zeros(img.shape, np.uint8)
+    one[6, 10, 10] = 1
+    flat = np.full(img.shape, 0.4, np.float32)
+    edge = np.zeros(img.shape, np.uint8)
+    edge[:, :8, :8] = 1
+    n2 = MEASUREMENT_VERSIONS["organ-measurements-v2"]
+    for image, mask in ((img, one), (img, edge), (flat, edge)):
+        v = measurements_from_arrays(image, mask, (2.0, 1.5, 1.5), version=V3)
+        assert v.shape == (n2 + 4,) and np.all(np.isfinite(v)) and np.all(v[n2:] >= 0)
+    assert measurements_from_arrays(flat, edge, (2.0, 1.5, 1.5), version=V3)[n2:].max() < 1e-3  # float32 rounding

@@ -37,6 +37,21 @@ def test_the_encoder_uses_its_measurements_and_asks_for_them():
     assert ViTConfig.from_dict({"input_shape": [16, 64, 64]}).measurements == 0  # older checkpoints: pixels only
 
 
+def test_a_recipe_names_its_measurement_version_or_says_yes_or_no():
+    from appliance.preprocess import MEASUREMENT_VERSIONS
+    from appliance.errors import TotalFMError
+    from trainer.model.pretrain import model_config_from_recipe
+
+    def count(spec):
+        return model_config_from_recipe({"model": {"measurements": spec}}).measurements
+
+    assert count(True) == N_MEASUREMENTS and count(False) == 0
+    assert count("organ-measurements-v3") == MEASUREMENT_VERSIONS["organ-measurements-v3"]
+    assert count("organ-measurements-v1") == 42
+    with pytest.raises(TotalFMError, match="unknown organ-measurement version"):
+        count("organ-measurements-v9")
+
+
 def test_readout_is_per_organ_and_standardised_with_the_training_statistics():
     from trainer.model.vit3d import MeasurementReadout
 

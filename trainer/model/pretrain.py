@@ -25,9 +25,10 @@ from trainer.model.vit3d import ViTConfig, config_for
 def model_config_from_recipe(recipe: dict) -> ViTConfig:
     m = dict(recipe.get("model", {}))
     size = m.pop("size", "tiny")
-    if isinstance(m.get("measurements"), bool):  # the recipe says yes/no; the count is the preprocessing's
-        from appliance.preprocess import N_MEASUREMENTS
-        m["measurements"] = N_MEASUREMENTS if m["measurements"] else 0
+    if isinstance(m.get("measurements"), (bool, str)):  # yes/no (the current version) or a version's name
+        from appliance.preprocess import MEASUREMENT_VERSIONS, measurements_spec
+        version = measurements_spec(m["measurements"])
+        m["measurements"] = MEASUREMENT_VERSIONS[version] if version else 0
     return config_for(size, **m)
 
 
