@@ -36,7 +36,7 @@ import numpy as np
 
 from appliance.errors import TotalFMError
 
-__all__ = ["MEASUREMENTS", "MEASUREMENT_VERSIONS", "N_MEASUREMENTS", "encoder_input", "fit_to_shape",
+__all__ = ["MEASUREMENTS", "MEASUREMENT_VERSIONS", "N_MEASUREMENTS", "blob_strength", "encoder_input", "fit_to_shape",
            "measurement_version", "measurements_from_arrays", "measurements_spec", "organ_measurements"]
 
 HIST_BINS = 16
@@ -215,33 +215,43 @@ def _focal(img: np.ndarray, m: np.ndarray, spacing: np.ndarray) -> np.ndarray:
 
 def _blobs(img: np.ndarray, m: np.ndarray, spacing: np.ndarray) -> np.ndarray:
     """[N_BLOB]: per ``BLOB_SIGMAS_MM`` scale, the strongest bright and the strongest dark blob (see the module
-    docstring), in windowed units (0..1) of scale-normalised curvature. The eigenvalues are computed only where the
-    Hessian's three diagonal entries already share the blob's sign (necessary for a definite matrix): the same
-    maximum, a fraction of the 3x3 problems."""
+    docstring), in windowed units (0..1) of scale-normalised curvature."""
     from scipy import ndimage
 
     core = ndimage.binary_erosion(m)
     if core.sum() < 20:  # a thin organ (esophagus, adrenals): use the whole mask, as _focal does
         core = m
-    idx = np.nonzero(core)
-    x = img.astype(np.float32)
     out = []
     for sigma_mm in BLOB_SIGMAS_MM:
-        sigma = sigma_mm / spacing
-        h = np.empty((len(idx[0]), 3, 3), np.float64)
-        for i in range(3):
-            for j in range(i, 3):
-                order = [0, 0, 0]
-                order[i] += 1
-                order[j] += 1
-                d = ndimage.gaussian_filter(x, sigma, order=order)[idx]  # per voxel^2
-                h[:, i, j] = h[:, j, i] = d * (sigma_mm ** 2 / (spacing[i] * spacing[j]))  # per mm^2, x sigma^2
-        diag = h[:, (0, 1, 2), (0, 1, 2)]
-        for sign in (-1.0, 1.0):  # bright blob: all curvatures negative; dark: all positive
-            cand = h[(sign * diag > 0).all(axis=1)]
-            if not len(cand):
-                out.append(0.0)
-                continue
-            ev = np.linalg.eigvalsh(sign * cand)  # ascending; > 0 everywhere for a blob of this polarity
-            out.append(float(max(ev[:, 0].max(), 0.0)))
+        out += [float(b.max()) if b.size else 0.0 for b in blob_strength(img, core, spacing, sigma_mm)]
     return np.asarray(out, np.float64)
+
+
+def blob_strength(img: np.ndarray, where: np.ndarray, spacing, sigma_mm: float) -> tuple[np.ndarray, np.ndarray]:
+    """(bright, dark) blob strength at scale ``sigma_mm`` of every voxel of boolean mask ``where`` -> two [n] arrays:
+    the weakest of the three scale-normalised curvatures (Gaussian derivatives, per mm^2 x sigma^2) when all three
+    share the blob's sign (negative: bright, positive: dark), else 0. The eigenvalues are computed only where the
+    Hessian's diagonal already has that sign (necessary for a definite matrix): the same result, a fraction of the
+    3x3 problems. Also used by ``bench/experiments/blob_probe.py``."""
+    from scipy import ndimage
+
+    spacing = np.asarray(spacing, np.float64)
+    idx = np.nonzero(where)
+    x = np.asarray(img, np.float32)
+    h = np.empty((len(idx[0]), 3, 3), np.float64)
+    for i in range(3):
+        for j in range(i, 3):
+            order = [0, 0, 0]
+            order[i] += 1
+            order[j] += 1
+            d = ndimage.gaussian_filter(x, sigma_mm / spacing, order=order)[idx]  # per voxel^2
+            h[:, i, j] = h[:, j, i] = d * (sigma_mm ** 2 / (spacing[i] * spacing[j]))
+    diag = h[:, (0, 1, 2), (0, 1, 2)]
+    out = []
+    for sign in (-1.0, 1.0):  # bright: all curvatures negative; dark: all positive
+        strength = np.zeros(len(h))
+        cand = (sign * diag > 0).all(axis=1)
+        if cand.any():
+            strength[cand] = np.maximum(np.linalg.eigvalsh(sign * h[cand])[:, 0], 0.0)  # ascending: the weakest
+        out.append(strength)
+    return out[0], out[1]
