@@ -9,8 +9,8 @@ Per usable crop of ORGAN in SPLIT (the crop as the encoder's measurements see it
 spacing, with its mask), at scales sigma = 2, 3, 5 mm, at every voxel of the mask eroded by one voxel, its blob
 strength (``appliance.preprocess.blob_strength``, which organ-measurements-v3 uses): the weakest of the three
 scale-normalised curvatures when all three point the same way (all negative for a BRIGHT blob, all positive for a
-DARK one; a tube has one flat direction and scores ~0, a plane two). Printed: AUROC of the crop's maximum and 99.99th percentile blobness against FINDING's truth.
-Why the weakest curvature: a nodule is curved in every direction, a vessel or the organ's rim is not.
+DARK one; a tube has one flat direction and scores ~0, a plane two). Printed: AUROC of the crop's maximum and
+99.99th percentile blob strength against FINDING's truth. Why the weakest curvature: a nodule is curved in every direction, a vessel or the organ's rim is not.
 """
 import sys
 from pathlib import Path
@@ -44,7 +44,8 @@ def main():
                 row += [float(b.max()) if b.size else 0.0, float(np.percentile(b, 99.99)) if b.size else 0.0]
             feats.append(row)
     y, x = np.array(ys), np.array(feats)
-    print(f"{organ} / {finding} ({polarity} blobs), {split}: {len(y)} crops, {int(y.sum())} positive, spacing {spacing}")
+    print(f"{organ} / {finding} ({polarity} blobs), {split}: {len(y)} crops, {int(y.sum())} positive, "
+          f"spacing {spacing}")
     for k, (s, stat) in enumerate((s, stat) for s in SIGMAS_MM for stat in ("max", "p99.99")):
         print(f"  sigma {s:.0f} mm, {stat:6s}: AUROC {M.auroc(y, x[:, k]):.3f}")
 
