@@ -236,8 +236,15 @@ def blob_strength(img: np.ndarray, where: np.ndarray, spacing, sigma_mm: float) 
     from scipy import ndimage
 
     spacing = np.asarray(spacing, np.float64)
-    idx = np.nonzero(where)
-    x = np.asarray(img, np.float32)
+    if not where.any():
+        return np.zeros(0), np.zeros(0)
+    # gaussian_filter truncates at 4 sigma: filtering the mask's box plus that margin gives the same values inside it
+    pad = np.ceil(4 * sigma_mm / spacing).astype(int) + 1
+    zz = np.argwhere(where)
+    lo, hi = np.maximum(zz.min(0) - pad, 0), np.minimum(zz.max(0) + 1 + pad, where.shape)
+    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    idx = np.nonzero(where[box])
+    x = np.asarray(img, np.float32)[box]
     h = np.empty((len(idx[0]), 3, 3), np.float64)
     for i in range(3):
         for j in range(i, 3):
