@@ -194,9 +194,7 @@ def _focal(img: np.ndarray, m: np.ndarray, spacing: np.ndarray) -> np.ndarray:
     mb, ib = m[box], img[box]
     weight = ndimage.gaussian_filter(mb.astype(np.float32), sigma)
     smooth = ndimage.gaussian_filter(np.where(mb, ib, 0.0).astype(np.float32), sigma) / np.maximum(weight, 1e-3)
-    core = ndimage.binary_erosion(mb)
-    if core.sum() < 20:  # a thin organ (esophagus, adrenals) has little or no core: use the whole mask
-        core = mb
+    core = _core(mb)
     v = smooth[core].astype(np.float64)
     med = float(np.median(v))
     spread = 1.4826 * float(np.median(np.abs(v - med))) + 1e-4
@@ -213,14 +211,19 @@ def _focal(img: np.ndarray, m: np.ndarray, spacing: np.ndarray) -> np.ndarray:
     return np.asarray(out, np.float64)
 
 
-def _blobs(img: np.ndarray, m: np.ndarray, spacing: np.ndarray) -> np.ndarray:
-    """[N_BLOB]: per ``BLOB_SIGMAS_MM`` scale, the strongest bright and the strongest dark blob (see the module
-    docstring), in windowed units (0..1) of scale-normalised curvature."""
+def _core(m: np.ndarray) -> np.ndarray:
+    """The organ mask eroded by one voxel, so the partial-volume rim is not a "lesion"; a thin organ (esophagus,
+    adrenals) has little or no core, and then the whole mask is used."""
     from scipy import ndimage
 
     core = ndimage.binary_erosion(m)
-    if core.sum() < 20:  # a thin organ (esophagus, adrenals): use the whole mask, as _focal does
-        core = m
+    return core if core.sum() >= 20 else m
+
+
+def _blobs(img: np.ndarray, m: np.ndarray, spacing: np.ndarray) -> np.ndarray:
+    """[N_BLOB]: per ``BLOB_SIGMAS_MM`` scale, the strongest bright and the strongest dark blob (see the module
+    docstring), in windowed units (0..1) of scale-normalised curvature."""
+    core = _core(m)
     out = []
     for sigma_mm in BLOB_SIGMAS_MM:
         out += [float(b.max()) if b.size else 0.0 for b in blob_strength(img, core, spacing, sigma_mm)]

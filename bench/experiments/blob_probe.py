@@ -10,7 +10,8 @@ spacing, with its mask), at scales sigma = 2, 3, 5 mm, at every voxel of the mas
 strength (``appliance.preprocess.blob_strength``, which organ-measurements-v3 uses): the weakest of the three
 scale-normalised curvatures when all three point the same way (all negative for a BRIGHT blob, all positive for a
 DARK one; a tube has one flat direction and scores ~0, a plane two). Printed: AUROC of the crop's maximum and
-99.99th percentile blob strength against FINDING's truth. Why the weakest curvature: a nodule is curved in every direction, a vessel or the organ's rim is not.
+99.99th percentile blob strength against FINDING's truth. Why the weakest curvature: a nodule is curved in every
+direction, a vessel or the organ's rim is not.
 """
 import sys
 from pathlib import Path
@@ -25,17 +26,17 @@ SIGMAS_MM = (2.0, 3.0, 5.0)
 def main():
     from scipy import ndimage
 
+    from appliance import ontology
     from appliance.preprocess import blob_strength
     from trainer.evaluate import metrics as M
     from trainer.pairs.dataset import USABLE, PairDataset
 
     pairs, split, organ, finding, polarity = sys.argv[1:6]
-    ys, feats, spacing = [], [], None
+    spacing = ontology.ORGANS_BY_NAME[organ].crop.spacing_mm  # crops sit on their organ recipe's grid
+    ys, feats = [], []
     with PairDataset(pairs) as ds:
         for r in ds.crops(organ=organ, split=split, status=USABLE):
             img, mask = ds.load_crop(r["crop_id"])
-            spacing = r["spacing"]
-            spacing = [float(v) for v in (spacing.strip("[]").split(",") if isinstance(spacing, str) else spacing)]
             ys.append(finding in (ds.organ_labels(r["study_key"]).get(organ, {}).get("findings") or []))
             row = []
             core = ndimage.binary_erosion(np.asarray(mask) > 0)

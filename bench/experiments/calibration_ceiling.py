@@ -45,19 +45,30 @@ def _with_threshold(f, t: float):
     return replace(f, prompt_threshold=float(t)) if f.score == "organ" else replace(f, threshold=float(t))
 
 
-def _organ_table(split, specs, organ, prompts, scale):
-    """(indices of the specs scored in ``organ``, their prompt scores [N, k] on the organ's crops, organ truth [N]),
-    studies whose organ was not encoded left out."""
-    idx = [j for j, f in enumerate(specs) if organ in (f.organs or [f.organ])]
-    s = score_matrix({organ: split.embeddings[organ]}, [prompt_view(specs[j]) for j in idx], prompts, scale)
-    ok = np.isfinite(s).all(axis=1)
-    return idx, s[ok], organ_truth(split, organ)[ok]
+def _organ_tables(split, specs, prompts, scale):
+    """Per organ with embeddings and at least one positive: (organ, indices of the specs scored in it, their prompt
+    scores [N, k] on the organ's crops, organ truth [N]), studies whose organ was not encoded left out."""
+    for organ in ontology.ORGAN_NAMES:
+        if organ not in split.embeddings:
+            continue
+        idx = [j for j, f in enumerate(specs) if organ in (f.organs or [f.organ])]
+        s = score_matrix({organ: split.embeddings[organ]}, [prompt_view(specs[j]) for j in idx], prompts, scale)
+        ok = np.isfinite(s).all(axis=1)
+        y = organ_truth(split, organ)[ok]
+        if y.any():
+            yield organ, idx, s[ok], y
 
 
-def _organ_f1(y, s, t, floor=True) -> float:
+def _organ_confusion(y, s, t) -> tuple[int, int, int]:
+    """(TP, FP, FN) of the organ decision: abnormal when any of its findings' scores reaches its threshold."""
     called = (s >= t[None, :]).any(axis=1)
-    tp, fp, fn = (called & y).sum(), (called & ~y).sum(), (~called & y).sum()
-    if floor and called.any() and tp < MIN_VAL_PRECISION * called.sum():
+    return int((called & y).sum()), int((called & ~y).sum()), int((~called & y).sum())
+
+
+def _organ_f1(y, s, t) -> float:
+    """The organ decision's F1, or -1 where fewer than ``MIN_VAL_PRECISION`` of its calls are right (the floor)."""
+    tp, fp, fn = _organ_confusion(y, s, t)
+    if tp + fp and tp < MIN_VAL_PRECISION * (tp + fp):
         return -1.0
     return 2 * tp / max(2 * tp + fp + fn, 1)
 
@@ -67,12 +78,7 @@ def joint_thresholds(split, specs, prompts, scale, rounds: int = 4) -> list:
     scored in several organs is tuned in each in turn (the last organ's choice stands). Silenced findings
     (``NEVER_POSITIVE``) stay silent."""
     specs = list(specs)
-    for organ in ontology.ORGAN_NAMES:
-        if organ not in split.embeddings:
-            continue
-        idx, s, y = _organ_table(split, specs, organ, prompts, scale)
-        if not y.any():
-            continue
+    for _, idx, s, y in list(_organ_tables(split, specs, prompts, scale)):
         t = np.array([_threshold(specs[j]) for j in idx], float)
         best = _organ_f1(y, s, t)
         for _ in range(rounds):
@@ -93,15 +99,9 @@ def joint_thresholds(split, specs, prompts, scale, rounds: int = 4) -> list:
 
 def organ_f1_table(test, specs, prompts, scale, title: str) -> None:
     rows = []
-    for organ in ontology.ORGAN_NAMES:
-        if organ not in test.embeddings:
-            continue
-        idx, s, y = _organ_table(test, specs, organ, prompts, scale)
-        if not y.any():
-            continue
-        called = (s >= np.array([_threshold(specs[j]) for j in idx])[None, :]).any(axis=1)
-        rows.append((organ, 2 * (called & y).sum() / max(2 * (called & y).sum() + (called ^ y).sum(), 1),
-                     int((called & y).sum()), int((called & ~y).sum()), int((~called & y).sum())))
+    for organ, idx, s, y in _organ_tables(test, specs, prompts, scale):
+        tp, fp, fn = _organ_confusion(y, s, np.array([_threshold(specs[j]) for j in idx]))
+        rows.append((organ, 2 * tp / max(2 * tp + fp + fn, 1), tp, fp, fn))
     print(f"\n{title}: organ F1 {np.mean([r[1] for r in rows]):.3f} over {len(rows)} organs")
     print("| organ | F1 | TP | FP | FN |\n| --- | --- | --- | --- | --- |")
     for r in rows:
