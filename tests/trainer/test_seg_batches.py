@@ -143,6 +143,46 @@ def test_training_with_sampler_workers_saves_a_checkpoint_that_names_them(tmp_pa
     assert all(torch.isfinite(v).all() for v in ck["state_dict"].values() if v.is_floating_point())
 
 
+def _poison_batches(monkeypatch, bad_iterations):
+    """Batches whose image is NaN at the given 1-based iterations: a non-finite loss and gradient, as oneDNN's bf16
+    Conv3d backward gives now and then on a 2-voxel-deep level (see train.MAX_CONSECUTIVE_SKIPS)."""
+    real_next = BatchStream.__next__
+    count = {"n": 0}
+
+    def next_batch(self):
+        x, y = real_next(self)
+        count["n"] += 1
+        if count["n"] in bad_iterations:
+            x = np.full_like(x, np.nan)
+        return x, y
+
+    monkeypatch.setattr(BatchStream, "__next__", next_batch)
+
+
+def test_a_step_with_a_non_finite_gradient_is_skipped_and_counted(tmp_path, monkeypatch):
+    monkeypatch.setattr("trainer.segmentation.seg_data.training_cases", lambda *a, **k: tiny_cases())
+    _poison_batches(monkeypatch, {2})
+    logged = []
+    out = seg_train.train(_tiny_recipe(), tmp_path / "seg.pt", train_patient="A", iterations=4, device="cpu",
+                          precision="fp32", log=logged.append)
+    ck = load_checkpoint(out)
+    assert ck["metrics"]["skipped_steps"] == 1 and ck["metrics"]["finished"]
+    assert np.isfinite(ck["metrics"]["loss_last50"])
+    assert all(torch.isfinite(v).all() for v in ck["state_dict"].values() if v.is_floating_point())
+    assert any("it 2: non-finite loss or gradient, step skipped" in m for m in logged)
+
+
+def test_a_run_that_keeps_failing_stops_with_an_error(tmp_path, monkeypatch):
+    monkeypatch.setattr("trainer.segmentation.seg_data.training_cases", lambda *a, **k: tiny_cases())
+    _poison_batches(monkeypatch, set(range(1, 100)))
+    with pytest.raises(TotalFMError, match="10 steps in a row had a non-finite loss"):
+        seg_train.train(_tiny_recipe(), tmp_path / "seg.pt", train_patient="A", iterations=30, device="cpu",
+                        precision="fp32", log=lambda m: None)
+    # the checkpoints written on the way say the run did not finish and has no loss to report
+    ck = load_checkpoint(tmp_path / "seg.pt")
+    assert not ck["metrics"]["finished"] and ck["metrics"]["loss_last50"] is None
+
+
 def test_phantoms_synthesised_by_workers_equal_those_built_in_process():
     from trainer.segmentation.seg_data import training_cases
 

@@ -26,6 +26,12 @@ import numpy as np
 from appliance import ontology
 from appliance.errors import TotalFMError
 
+# A step whose loss or gradient is not finite is skipped (the weights stay as they were), as torch's GradScaler does.
+# Why: oneDNN's bf16 Conv3d backward on CPU (torch 2.13) returns NaN weight gradients in ~1-4 % of calls when a
+# level's depth is exactly 2 voxels (a 16-voxel-deep patch; tests/trainer/test_seg_batches.py shows it), and one such
+# step would turn every weight into NaN. A run that keeps failing is diverging, not unlucky: it stops with an error.
+MAX_CONSECUTIVE_SKIPS = 10
+
 
 def load_recipe(path: str | Path) -> dict:
     with open(path, "rb") as fh:
@@ -85,6 +91,14 @@ def dice_ce_loss(logits, target, n_classes: int):
     dice = (2 * inter + 1e-5) / (denom + 1e-5)
     dice_loss = 1 - dice[present].mean()
     return ce + dice_loss
+
+
+def finite_step(loss, model) -> bool:
+    """True when the loss and every gradient are finite (one device sync: the gradients' total norm)."""
+    import torch
+
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    return bool(torch.isfinite(loss)) and bool(torch.isfinite(torch.nn.utils.get_total_norm(grads)))
 
 
 def resolve_device(name: str) -> str:
@@ -204,7 +218,7 @@ def train(recipe: dict, out: Path, *, train_patient: str | None = None, iteratio
                   "sampler_workers": workers,
                   "init_from": start.source if start else None, "cases": [c.name for c in cases]}
     losses: list[float] = []
-    it = 0
+    it = skipped = consecutive_skips = 0
     model.train()
     t_train = time.time()
     try:
@@ -222,14 +236,25 @@ def train(recipe: dict, out: Path, *, train_patient: str | None = None, iteratio
             loss = dice_ce_loss(logits.float(), y, n_classes)
             opt.zero_grad()
             loss.backward()
-            opt.step()
-            losses.append(float(loss.detach()))
+            if finite_step(loss, model):
+                opt.step()
+                losses.append(float(loss.detach()))
+                consecutive_skips = 0
+            else:
+                skipped += 1
+                consecutive_skips += 1
+                log(f"it {it}: non-finite loss or gradient, step skipped ({skipped} so far)")
+                if consecutive_skips >= MAX_CONSECUTIVE_SKIPS:
+                    raise TotalFMError(f"seg-train: {consecutive_skips} steps in a row had a non-finite loss or "
+                                       f"gradient (iteration {it}); the run is diverging. Lower [train] lr, or use "
+                                       f"precision = \"fp32\" to rule out bf16")
             if it % 25 == 0:
                 log(f"it {it}/{iterations} loss {np.mean(losses[-25:]):.4f} lr {opt.param_groups[0]['lr']:.2e} "
                     f"{time.time() - t_train:.0f}s")
             stop = time.time() > deadline
             if it % every == 0 or stop or it == iterations:
-                metrics = {"iterations": it, "loss_last50": float(np.mean(losses[-50:])),
+                metrics = {"iterations": it, "skipped_steps": skipped,
+                           "loss_last50": float(np.mean(losses[-50:])) if losses else None,
                            "train_wall_s": round(time.time() - t0, 1), "data_wall_s": round(t_data, 1),
                            "finished": it == iterations or stop}
                 save_checkpoint(out, model, pp, metrics, {"provenance": provenance})
