@@ -154,13 +154,18 @@ def probe_table(train: tuple, test: tuple, zero_shot: dict) -> None:
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--bundle", required=True, help="the bundle whose text prompts and logit scale score the splits")
+    src = ap.add_mutually_exclusive_group(required=True)
+    src.add_argument("--bundle", help="the bundle whose text prompts and logit scale score the splits")
+    src.add_argument("--checkpoint", help="... or a contrastive checkpoint (as realistic_eval.py --checkpoint)")
     ap.add_argument("--splits", required=True, help="pickle written by realistic_eval.py --splits")
     ap.add_argument("--eval", required=True, help="realistic_eval.py's JSON (its zero-shot AUROC per finding)")
     ap.add_argument("--train-pairs", help="pair dataset with a train split: fit the probes there")
     ap.add_argument("--test-pairs", help="the pair dataset the splits were embedded from: score the probes there")
     a = ap.parse_args()
-    encode, embed_texts, scale, meta = cli.bundle_encoders(a.bundle, 2)
+    if a.bundle:
+        encode, embed_texts, scale, meta = cli.bundle_encoders(a.bundle, 2)
+    else:
+        encode, embed_texts, scale, meta = cli.torch_encoders(a.checkpoint)
     with open(a.splits, "rb") as f:
         val, test = pickle.load(f)
     specs, prompts = finding_specs(embed_texts, score_rules=cli.score_rules(meta, "positive"))
