@@ -209,3 +209,22 @@ def test_v3_blob_numbers_stay_finite_on_degenerate_masks():
         v = measurements_from_arrays(image, mask, (2.0, 1.5, 1.5), version=V3)
         assert v.shape == (n2 + 4,) and np.all(np.isfinite(v)) and np.all(v[n2:] >= 0)
     assert measurements_from_arrays(flat, edge, (2.0, 1.5, 1.5), version=V3)[n2:].max() < 1e-3  # float32 rounding
+
+
+def test_shared_derivative_passes_give_the_bytes_of_six_gaussian_filters():
+    """The v3 blob pass shares the 1-D passes its six second derivatives have in common; a v3 vector is fixed once
+    bundles use it, so the shortcut must give exactly what ``gaussian_filter(order=...)`` gives (anisotropic grid)."""
+    from scipy import ndimage
+
+    from appliance.preprocess import _second_derivatives
+
+    x = np.random.default_rng(3).random((14, 22, 18)).astype(np.float32)
+    sigma = np.array([1.0, 2.0, 2.0])
+    got = _second_derivatives(x, sigma)
+    assert sorted(got) == [(0, 0), (0, 1), (0, 2), (1, 1), (1, 2), (2, 2)]
+    for (i, j), d in got.items():
+        order = [0, 0, 0]
+        order[i] += 1
+        order[j] += 1
+        assert d.dtype == np.float32
+        assert d.tobytes() == ndimage.gaussian_filter(x, sigma, order=order).tobytes(), (i, j)
