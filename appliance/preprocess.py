@@ -36,8 +36,9 @@ import numpy as np
 
 from appliance.errors import TotalFMError
 
-__all__ = ["MEASUREMENTS", "MEASUREMENT_VERSIONS", "N_MEASUREMENTS", "blob_strength", "encoder_input", "fit_to_shape",
-           "measurement_version", "measurements_from_arrays", "measurements_spec", "organ_measurements"]
+__all__ = ["MEASUREMENTS", "MEASUREMENT_VERSIONS", "N_MEASUREMENTS", "blob_strength", "encoder_input", "filter_box",
+           "fit_to_shape", "measurement_version", "measurements_from_arrays", "measurements_spec",
+           "organ_measurements"]
 
 HIST_BINS = 16
 SHELL_MM = 5.0
@@ -187,10 +188,7 @@ def _focal(img: np.ndarray, m: np.ndarray, spacing: np.ndarray) -> np.ndarray:
     from scipy import ndimage
 
     sigma = tuple(float(v) for v in FOCAL_SIGMA_MM / spacing)
-    pad = np.ceil(4 * np.asarray(sigma)).astype(int) + 1  # gaussian_filter truncates at 4 sigma: same result, less work
-    zz = np.argwhere(m)
-    lo, hi = np.maximum(zz.min(0) - pad, 0), np.minimum(zz.max(0) + 1 + pad, m.shape)
-    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    box = filter_box(m, sigma)
     mb, ib = m[box], img[box]
     weight = ndimage.gaussian_filter(mb.astype(np.float32), sigma)
     smooth = ndimage.gaussian_filter(np.where(mb, ib, 0.0).astype(np.float32), sigma) / np.maximum(weight, 1e-3)
@@ -209,6 +207,15 @@ def _focal(img: np.ndarray, m: np.ndarray, spacing: np.ndarray) -> np.ndarray:
             largest = int(np.bincount(lab.ravel())[1:].max()) if n else 0
             out += [hit.sum() / core.sum(), np.log1p(largest * voxel_ml) / 4.0]
     return np.asarray(out, np.float64)
+
+
+def filter_box(mask: np.ndarray, sigma_vox) -> tuple[slice, ...]:
+    """The mask's bounding box plus a Gaussian's reach (``gaussian_filter`` truncates at 4 sigma): filtering only
+    this box gives the same values inside the mask as filtering the whole crop, for a fraction of the work."""
+    pad = np.ceil(4 * np.asarray(sigma_vox, np.float64)).astype(int) + 1
+    zz = np.argwhere(mask)
+    lo, hi = np.maximum(zz.min(0) - pad, 0), np.minimum(zz.max(0) + 1 + pad, mask.shape)
+    return tuple(slice(int(a), int(b)) for a, b in zip(lo, hi))
 
 
 def _core(m: np.ndarray) -> np.ndarray:
@@ -259,11 +266,7 @@ def blob_strength(img: np.ndarray, where: np.ndarray, spacing, sigma_mm: float) 
     spacing = np.asarray(spacing, np.float64)
     if not where.any():
         return np.zeros(0), np.zeros(0)
-    # gaussian_filter truncates at 4 sigma: filtering the mask's box plus that margin gives the same values inside it
-    pad = np.ceil(4 * sigma_mm / spacing).astype(int) + 1
-    zz = np.argwhere(where)
-    lo, hi = np.maximum(zz.min(0) - pad, 0), np.minimum(zz.max(0) + 1 + pad, where.shape)
-    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    box = filter_box(where, sigma_mm / spacing)
     idx = np.nonzero(where[box])
     second = _second_derivatives(np.asarray(img, np.float32)[box], sigma_mm / spacing)
     h = np.empty((len(idx[0]), 3, 3), np.float64)

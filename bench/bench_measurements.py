@@ -22,13 +22,12 @@ def plain_blob_strength(img, where, spacing, sigma_mm):
     """The reference: six full gaussian_filter calls on the mask's box, eigvalsh wherever the diagonal agrees."""
     from scipy import ndimage
 
+    from appliance.preprocess import filter_box
+
     spacing = np.asarray(spacing, np.float64)
     if not where.any():
         return np.zeros(0), np.zeros(0)
-    pad = np.ceil(4 * sigma_mm / spacing).astype(int) + 1
-    zz = np.argwhere(where)
-    lo, hi = np.maximum(zz.min(0) - pad, 0), np.minimum(zz.max(0) + 1 + pad, where.shape)
-    box = tuple(slice(a, b) for a, b in zip(lo, hi))
+    box = filter_box(where, sigma_mm / spacing)
     idx = np.nonzero(where[box])
     x = np.asarray(img, np.float32)[box]
     h = np.empty((len(idx[0]), 3, 3), np.float64)
