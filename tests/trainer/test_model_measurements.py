@@ -188,28 +188,25 @@ def test_warmup_trains_the_measurement_branch_alone_then_the_joint_stage_starts_
     assert len(rows) == 1 + 3
 
 
-def test_warmup_needs_the_sum_fusion(tmp_path):
+def _refused(tmp_path, model_extra: str, contrastive: str, message: str) -> None:
+    """A one-study contrastive run of a tiny measurement model with this recipe stops with ``message``."""
     from trainer.model.contrastive import main
 
     (tmp_path / "r.toml").write_text(
         'name = "t"\n[model]\nsize = "tiny"\ninput_shape = [8, 32, 32]\ntubelet = [4, 8, 8]\ndim = 32\ndepth = 1\n'
-        'heads = 2\nembed_dim = 32\nstem = "conv"\npool = "mean_max"\nmeasurements = true\n'
-        '[contrastive]\nbatch_size = 8\nmeasurement_warmup_steps = 3\n')
-    with pytest.raises(SystemExit, match="fusion"):
+        'heads = 2\nembed_dim = 32\nstem = "conv"\npool = "mean_max"\nmeasurements = true\n' + model_extra +
+        '[contrastive]\nbatch_size = 8\n' + contrastive)
+    with pytest.raises(SystemExit, match=message):
         main(["--recipe", str(tmp_path / "r.toml"), "--synth-n", "1", "--out", str(tmp_path / "run"), "--steps", "1",
               "--threads", "1", "--init", "scratch"])
+
+
+def test_warmup_needs_the_sum_fusion(tmp_path):
+    _refused(tmp_path, "", "measurement_warmup_steps = 3\n", "fusion")
 
 
 def test_the_contrastive_stage_reads_the_group_dropout_from_the_recipe(tmp_path):
-    from trainer.model.contrastive import main
-
-    (tmp_path / "r.toml").write_text(
-        'name = "t"\n[model]\nsize = "tiny"\ninput_shape = [8, 32, 32]\ntubelet = [4, 8, 8]\ndim = 32\ndepth = 1\n'
-        'heads = 2\nembed_dim = 32\nstem = "conv"\npool = "mean_max"\nmeasurements = true\nfusion = "sum"\n'
-        '[contrastive]\nbatch_size = 8\nmeasurement_group_dropout = 1.5\n')
-    with pytest.raises(SystemExit, match="measurement_group_dropout must be in"):
-        main(["--recipe", str(tmp_path / "r.toml"), "--synth-n", "1", "--out", str(tmp_path / "run"), "--steps", "1",
-              "--threads", "1", "--init", "scratch"])
+    _refused(tmp_path, 'fusion = "sum"\n', "measurement_group_dropout = 1.5\n", "measurement_group_dropout must be in")
 
 
 def test_eval_feeds_the_measurements(trained):
