@@ -37,7 +37,7 @@ import numpy as np
 from appliance.errors import TotalFMError
 
 __all__ = ["MEASUREMENTS", "MEASUREMENT_VERSIONS", "N_MEASUREMENTS", "blob_strength", "encoder_input", "filter_box",
-           "fit_to_shape", "measurement_groups", "measurement_version", "measurements_from_arrays", "measurements_spec",
+           "fit_to_shape", "measurement_version", "measurements_from_arrays", "measurements_spec",
            "organ_measurements"]
 
 HIST_BINS = 16
@@ -74,18 +74,6 @@ def _known_version(version: str) -> str:
     if version not in MEASUREMENT_VERSIONS:
         raise TotalFMError(f"unknown organ-measurement version {version!r} (known: {', '.join(MEASUREMENT_VERSIONS)})")
     return version
-
-
-def measurement_groups(n: int) -> list[tuple[str, int, int]]:
-    """The groups of a measurement vector of ``n`` numbers -> [(name, start, stop)], in vector order: the numbers
-    each part of :func:`measurements_from_arrays` appends. Used by the trainer's group dropout
-    (``contrastive.measurement_group_dropout``)."""
-    n_pct = len(PERCENTILES)
-    groups = [("volume_intensity", 0, 4), ("percentiles", 4, 4 + n_pct),
-              ("inside_histogram", 4 + n_pct, 4 + n_pct + HIST_BINS), ("shell", 4 + n_pct + HIST_BINS, _N_V1),
-              ("focal", _N_V1, _N_V1 + N_FOCAL), ("blobs", _N_V1 + N_FOCAL, _N_V1 + N_FOCAL + N_BLOB)]
-    version = measurement_version(n)
-    return [g for g in groups if g[2] <= MEASUREMENT_VERSIONS[version]]
 
 
 def measurement_version(n: int) -> str:

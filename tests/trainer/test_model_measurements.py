@@ -66,43 +66,6 @@ def test_readout_is_per_organ_and_standardised_with_the_training_statistics():
     torch.testing.assert_close(out[1], r.weight[2, 0])
 
 
-def test_measurement_groups_tile_every_version():
-    from appliance.preprocess import MEASUREMENT_VERSIONS, measurement_groups
-
-    for version, n in MEASUREMENT_VERSIONS.items():
-        groups = measurement_groups(n)
-        assert groups[0][1] == 0 and groups[-1][2] == n, version
-        assert all(a[2] == b[1] for a, b in zip(groups, groups[1:])), version  # contiguous, in vector order
-    assert [g[0] for g in measurement_groups(MEASUREMENT_VERSIONS["organ-measurements-v3"])][-2:] == ["focal", "blobs"]
-
-
-def test_group_dropout_drops_whole_groups_in_training_only():
-    """Recipe ``measurement_group_dropout``: per crop, a group of numbers is either kept (scaled by 1 / (1 - p)) or
-    set to the training mean as a whole; evaluation and export never drop."""
-    from trainer.model.contrastive import set_group_dropout
-    from trainer.model.vit3d import MeasurementReadout
-
-    k = N_MEASUREMENTS
-    r = MeasurementReadout(1, k, k)
-    with torch.no_grad():
-        r.weight.copy_(torch.eye(k)[None])  # the readout returns the standardised numbers themselves
-    set_group_dropout(r, k, 0.5)
-    assert r.groups[0] == (0, 4) and r.groups[-1][1] == k
-    m, oi = torch.ones(256, k), torch.zeros(256, dtype=torch.long)  # standardised: 1 everywhere
-    torch.manual_seed(0)
-    out = r.train()(m, oi)
-    dropped = 0
-    for a, b in r.groups:
-        block = out[:, a:b]
-        assert set(block.unique().tolist()) <= {0.0, 2.0}  # dropped (the mean) or kept and scaled by 1 / (1 - p)
-        assert (block == block[:, :1]).all()  # a whole group at once
-        dropped += int((block[:, 0] == 0).sum())
-    assert 0.4 < dropped / (256 * len(r.groups)) < 0.6
-    torch.testing.assert_close(r.eval()(m, oi), m)  # evaluation: nothing dropped, nothing scaled
-    with pytest.raises(SystemExit, match="measurement_group_dropout"):
-        set_group_dropout(r, k, 1.0)
-
-
 def test_the_readout_trains_at_its_own_learning_rate():
     """Recipe ``measurement_lr``: the per-organ readout (each organ's slice updated only in batches holding it) has
     its own optimizer group; every other trainable parameter keeps the shared lr, and nothing is left out."""
@@ -188,25 +151,16 @@ def test_warmup_trains_the_measurement_branch_alone_then_the_joint_stage_starts_
     assert len(rows) == 1 + 3
 
 
-def _refused(tmp_path, model_extra: str, contrastive: str, message: str) -> None:
-    """A one-study contrastive run of a tiny measurement model with this recipe stops with ``message``."""
+def test_warmup_needs_the_sum_fusion(tmp_path):
     from trainer.model.contrastive import main
 
     (tmp_path / "r.toml").write_text(
         'name = "t"\n[model]\nsize = "tiny"\ninput_shape = [8, 32, 32]\ntubelet = [4, 8, 8]\ndim = 32\ndepth = 1\n'
-        'heads = 2\nembed_dim = 32\nstem = "conv"\npool = "mean_max"\nmeasurements = true\n' + model_extra +
-        '[contrastive]\nbatch_size = 8\n' + contrastive)
-    with pytest.raises(SystemExit, match=message):
+        'heads = 2\nembed_dim = 32\nstem = "conv"\npool = "mean_max"\nmeasurements = true\n'
+        '[contrastive]\nbatch_size = 8\nmeasurement_warmup_steps = 3\n')
+    with pytest.raises(SystemExit, match="fusion"):
         main(["--recipe", str(tmp_path / "r.toml"), "--synth-n", "1", "--out", str(tmp_path / "run"), "--steps", "1",
               "--threads", "1", "--init", "scratch"])
-
-
-def test_warmup_needs_the_sum_fusion(tmp_path):
-    _refused(tmp_path, "", "measurement_warmup_steps = 3\n", "fusion")
-
-
-def test_the_contrastive_stage_reads_the_group_dropout_from_the_recipe(tmp_path):
-    _refused(tmp_path, 'fusion = "sum"\n', "measurement_group_dropout = 1.5\n", "measurement_group_dropout must be in")
 
 
 def test_eval_feeds_the_measurements(trained):

@@ -184,17 +184,6 @@ def multi_positive_infonce(img, txt, keys, logit_scale, groups=None):
     return 0.5 * (l_i2t + l_t2i), scale.detach()
 
 
-def set_group_dropout(readout, n_measurements: int, p: float) -> None:
-    """Recipe ``contrastive.measurement_group_dropout`` (default 0: off) onto the measurement readout, with the groups
-    of its measurement version (``vit3d.MeasurementReadout``)."""
-    from appliance.preprocess import measurement_groups
-
-    if not 0.0 <= p < 1.0:
-        raise SystemExit(f"contrastive.measurement_group_dropout must be in [0, 1), got {p}")
-    readout.group_dropout = p
-    readout.groups = [(a, b) for _, a, b in measurement_groups(n_measurements)]
-
-
 def measurement_warmup(args, st: dict, cfg, model: CLIPModel, bank, batches, loss_fn, make_ckpt, groups, lr,
                        info) -> dict | None:
     """Recipe ``contrastive.measurement_warmup_steps`` N > 0 (needs ``model.fusion = "sum"``): before the joint
@@ -253,7 +242,6 @@ def run(args, recipe: dict) -> dict:
     bank = load_bank(args, cfg, measurements=cfg.measurements)
     if cfg.measurements:  # after any stage-1 init: its checkpoint carries the unfitted (0, 1) statistics
         image.backbone.measure.fit(torch.from_numpy(np.stack(bank.m)))
-        set_group_dropout(image.backbone.measure, cfg.measurements, float(st.get("measurement_group_dropout", 0.0)))
     bs = int(args.batch_size or st.get("batch_size", 32))
     batches = organ_batches(bank, bs, seed=args.seed, require_text=True,
                             abnormal_fraction=float(st.get("abnormal_fraction", 0.0)),

@@ -194,13 +194,6 @@ class MeasurementReadout(nn.Module):
         self.register_buffer("mean", torch.zeros(k))
         self.register_buffer("std", torch.ones(k))
         self.weight = nn.Parameter(torch.randn(n_organs, k, dim) * k ** -0.5)
-        # training only (recipe contrastive.measurement_group_dropout): each group of numbers
-        # (appliance.preprocess.measurement_groups) is dropped per crop with this probability, i.e. set to the
-        # training mean, the rest scaled by 1 / (1 - p) as nn.Dropout does. Why (session 21): a model trained on
-        # painted phantoms read the held-out real patient's diseased aortas as normal through several groups at once
-        # (mostly the tissue around the organ); dropping groups makes it learn each finding from more than one.
-        self.group_dropout = 0.0
-        self.groups: list[tuple[int, int]] = []
 
     @torch.no_grad()
     def fit(self, measurements: torch.Tensor) -> None:
@@ -211,11 +204,6 @@ class MeasurementReadout(nn.Module):
 
     def forward(self, measurements: torch.Tensor, organ_index: torch.Tensor) -> torch.Tensor:
         z = (measurements - self.mean) / self.std
-        if self.training and self.group_dropout > 0 and self.groups:
-            keep = (torch.rand(z.shape[0], len(self.groups), device=z.device) >= self.group_dropout).to(z.dtype)
-            width = torch.tensor([b - a for a, b in self.groups], device=z.device)
-            cols = torch.repeat_interleave(keep, width, dim=1) / (1.0 - self.group_dropout)
-            z = z * cols
         return torch.bmm(z.unsqueeze(1), self.weight.index_select(0, organ_index)).squeeze(1)
 
 
