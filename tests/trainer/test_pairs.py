@@ -109,6 +109,10 @@ def test_splits_come_from_truth(built):
                      "study_04": "val", "study_05": "test"}
     assert patient_and_split({"kind": "real-backed", "source": "ts_dicom_series"}) == ("B", "test")
     assert patient_and_split({"kind": "real-backed", "source": "ts_upper_abdomen"}) == ("A", "train")
+    # the training patient's scan with validation seeds: thresholds may be picked on it; a test seed never tests it
+    assert patient_and_split({"kind": "real-backed", "source": "ts_upper_abdomen", "seed": 1003}) == ("A", "val")
+    assert patient_and_split({"kind": "real-backed", "source": "ts_upper_abdomen", "seed": 2003}) == ("A", "train")
+    assert patient_and_split({"kind": "real-backed", "source": "ts_dicom_series", "seed": 1003}) == ("B", "test")
     assert patient_and_split({"kind": "real-backed", "source": "x", "source_patient": "B"}) == ("B", "test")
     assert patient_and_split({"kind": "analytic", "seed": 999}) == ("synthetic", "train")
     assert patient_and_split(None) == (None, "unassigned")

@@ -14,7 +14,9 @@ with a reason (status 'duplicate' / 'unusable') and the run goes on.
 
 Splits (never leak a patient): from truth.json, not the folder name: analytic phantoms by run seed (< 1000 train,
 1000-1999 val, >= 2000 test); real-backed phantoms by source patient (A = the NIfTI patient -> train, B = the DICOM
-patient -> test). A hospital's own studies (no truth.json; `dicom/` + `report.txt`) are split by patient: the DICOM
+patient -> test), except that A-backed studies with a validation seed (1000-1999) go to val: the only real tissue
+available for picking thresholds (phantom-only validation left the held-out patient's scores under them, session 21),
+and still never test data, since A's scan is in training. A hospital's own studies (no truth.json; `dicom/` + `report.txt`) are split by patient: the DICOM
 PatientID becomes a pseudonym (HMAC-SHA256, so the index never holds the ID) whose hash puts every study of that
 patient on the same side, ``--holdout`` (default 10 % val, 10 % test) of the patients held out. The key is a file,
 never in the index (with it, pseudonyms of guessed IDs could be computed): the site's (``--patient-key FILE``), so that
@@ -113,7 +115,10 @@ def patient_and_split(truth: dict | None) -> tuple[str | None, str]:
         return "synthetic", seed_split(int(truth["seed"]))
     if kind == "real-backed":
         p = source_patient_of(truth)
-        return p, PATIENT_SPLIT.get(p or "", "unassigned")
+        split = PATIENT_SPLIT.get(p or "", "unassigned")
+        if split == "train" and truth.get("seed") is not None and seed_split(int(truth["seed"])) == "val":
+            return p, "val"  # the training patient's tissue may calibrate thresholds, never test a model
+        return p, split
     return None, "unassigned"
 
 
