@@ -162,10 +162,7 @@ def main():
     ap.add_argument("--train-pairs", help="pair dataset with a train split: fit the probes there")
     ap.add_argument("--test-pairs", help="the pair dataset the splits were embedded from: score the probes there")
     a = ap.parse_args()
-    if a.bundle:
-        encode, embed_texts, scale, meta = cli.bundle_encoders(a.bundle, 2)
-    else:
-        encode, embed_texts, scale, meta = cli.torch_encoders(a.checkpoint)
+    encode, embed_texts, scale, meta = cli.encoders(a.bundle, a.checkpoint, 2)
     with open(a.splits, "rb") as f:
         val, test = pickle.load(f)
     specs, prompts = finding_specs(embed_texts, score_rules=cli.score_rules(meta, "positive"))

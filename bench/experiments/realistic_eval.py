@@ -34,10 +34,7 @@ def main():
                                      "embedding again when it exists (the crops take minutes to embed)")
     a = ap.parse_args()
     t0 = time.time()
-    if a.bundle:
-        encode, embed_texts, scale, meta = cli.bundle_encoders(a.bundle, a.threads)
-    else:
-        encode, embed_texts, scale, meta = cli.torch_encoders(a.checkpoint)
+    encode, embed_texts, scale, meta = cli.encoders(a.bundle, a.checkpoint, a.threads)
     cfg = meta["model_config"]
     if a.splits and Path(a.splits).exists():
         with open(a.splits, "rb") as f:

@@ -51,6 +51,12 @@ def torch_encoders(checkpoint: str | Path):
     return encode_crops, embed_texts, float(scale), meta
 
 
+def encoders(bundle: str | Path | None, checkpoint: str | Path | None, threads: int = 2):
+    """:func:`bundle_encoders` for a bundle, else :func:`torch_encoders` for a checkpoint (the CLI's and the
+    experiments' ``--bundle`` / ``--checkpoint`` choice)."""
+    return bundle_encoders(bundle, threads) if bundle else torch_encoders(checkpoint)
+
+
 def score_rules(meta: dict, held_out: str | None) -> dict[str, str]:
     """Finding -> score rule. ``held_out`` (``--held-out-score``) applies to the catalogue findings the model's prompt
     anchor left out (``anchor.zero_shot``); without it, the rules stored with the checkpoint's (or the bundle's)
@@ -164,11 +170,9 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.set_num_threads(max(1, args.threads))
     t0 = time.time()
+    encode, embed_texts, scale, meta = encoders(args.bundle, args.checkpoint, args.threads)
     if args.bundle:
-        encode, embed_texts, scale, meta = bundle_encoders(args.bundle, args.threads)
         args.no_write_thresholds = True
-    else:
-        encode, embed_texts, scale, meta = torch_encoders(args.checkpoint)
     cfg = meta["model_config"]
     val, test, src = load_splits(args, cfg["input_shape"], encode, int(cfg["embed_dim"]),
                                  measurements=int(cfg.get("measurements", 0)))

@@ -16,10 +16,11 @@ Splits (never leak a patient): from truth.json, not the folder name: analytic ph
 1000-1999 val, >= 2000 test); real-backed phantoms by source patient (A = the NIfTI patient -> train, B = the DICOM
 patient -> test), except that A-backed studies with a validation seed (1000-1999) go to val: the only real tissue
 available for picking thresholds (phantom-only validation left the held-out patient's scores under them, session 21),
-and still never test data, since A's scan is in training. A hospital's own studies (no truth.json; `dicom/` + `report.txt`) are split by patient: the DICOM
-PatientID becomes a pseudonym (HMAC-SHA256, so the index never holds the ID) whose hash puts every study of that
-patient on the same side, ``--holdout`` (default 10 % val, 10 % test) of the patients held out. The key is a file,
-never in the index (with it, pseudonyms of guessed IDs could be computed): the site's (``--patient-key FILE``), so that
+and still never test data, since A's scan is in training. A hospital's own studies (no truth.json; `dicom/` +
+`report.txt`) are split by patient: the DICOM PatientID becomes a pseudonym (HMAC-SHA256, so the index never
+holds the ID) whose hash puts every study of that patient on the same side, ``--holdout`` (default 10 % val,
+10 % test) of the patients held out. The key is a file, never in the index (with it, pseudonyms of guessed IDs
+could be computed): the site's (``--patient-key FILE``), so that
 a rebuilt or later dataset keeps every patient on the same side, else DATASET/patient.key; both are created (0600)
 when missing, and only when a run has a hospital study to place (a synthetic-only dataset gets no key file). The
 index keeps the key's sha256 and the shares; a resume with another key or other shares is refused, since it could
